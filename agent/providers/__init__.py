@@ -1,0 +1,1 @@
+"""Provider implementations: one thin adapter per module (local models first)."""

@@ -1,0 +1,303 @@
+"""Playout buffer: the agent's outgoing audio, paced out in 20 ms frames.
+
+The agent pushes PCM chunks tagged with the utterance and the text they speak;
+a transport pulls fixed-size frames (silence when nothing is queued). The buffer
+counts how many samples of every segment were actually pulled, which is what
+lets the agent commit to history only the text the caller heard.
+
+Bound and drop policy: at most ``max_buffered_ms`` of audio is queued.
+Producers wait in ``push`` until there is room (back-pressure: agent speech is
+never dropped while it is wanted); ``clear`` drops everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from media.errors import AudioFormatError
+from media.frames import FRAME_MS, PCM, AudioFrame
+
+
+@dataclass(slots=True)
+class SegmentPlayback:
+    """What became of one text segment (one TTS chunk) of an utterance."""
+
+    utterance_id: str
+    index: int
+    text: str
+    pushed_samples: int = 0
+    played_samples: int = 0
+    complete: bool = False
+    """True once the producer said no more audio follows for this segment."""
+
+    @property
+    def fraction_played(self) -> float:
+        """Share of the segment's audio that was pulled (0..1)."""
+        if self.pushed_samples == 0:
+            return 0.0
+        return min(1.0, self.played_samples / self.pushed_samples)
+
+
+@dataclass(slots=True)
+class _Chunk:
+    segment: SegmentPlayback
+    pcm: PCM
+    offset: int = 0
+
+
+@dataclass(slots=True)
+class _Utterance:
+    segments: list[SegmentPlayback] = field(default_factory=list)
+    finished: bool = False
+    first_audio_at: float | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class PlayoutBuffer:
+    """Bounded queue of agent audio with per-segment played accounting.
+
+    All methods must be called from the event loop thread that owns the buffer.
+    """
+
+    def __init__(
+        self, sample_rate: int, *, max_buffered_ms: int = 20_000, frame_ms: int = FRAME_MS
+    ) -> None:
+        if max_buffered_ms < frame_ms:
+            raise ValueError("max_buffered_ms must hold at least one frame")
+        self.sample_rate = sample_rate
+        self.frame_samples = sample_rate * frame_ms // 1000
+        self.frame_ms = frame_ms
+        self._max_samples = sample_rate * max_buffered_ms // 1000
+        self._chunks: deque[_Chunk] = deque()
+        self._queued = 0
+        self._utterances: dict[str, _Utterance] = {}
+        self._room = asyncio.Event()
+        self._room.set()
+        self._paused = False
+        self._position = 0  # samples pulled since creation (stream clock)
+
+    # ---------------------------------------------------------------- producer
+
+    def open_utterance(self, utterance_id: str) -> None:
+        """Start accounting for an utterance (idempotent)."""
+        self._utterances.setdefault(utterance_id, _Utterance())
+
+    def open_segment(self, utterance_id: str, text: str) -> SegmentPlayback:
+        """Declare the next text segment of an utterance; its audio follows via ``push``."""
+        self.open_utterance(utterance_id)
+        utt = self._utterances[utterance_id]
+        seg = SegmentPlayback(utterance_id, len(utt.segments), text)
+        utt.segments.append(seg)
+        return seg
+
+    async def push(self, segment: SegmentPlayback, pcm: PCM) -> None:
+        """Queue audio of a segment, waiting while the buffer is full."""
+        if pcm.dtype != np.int16 or pcm.ndim != 1:
+            raise AudioFormatError("playout expects flat mono int16 PCM")
+        pos = 0
+        while pos < pcm.size:
+            while self._queued >= self._max_samples:
+                self._room.clear()
+                await self._room.wait()
+            take = min(pcm.size - pos, self._max_samples - self._queued)
+            self._enqueue(segment, pcm[pos : pos + take])
+            pos += take
+
+    def _enqueue(self, segment: SegmentPlayback, pcm: PCM) -> None:
+        utt = self._utterances.get(segment.utterance_id)
+        if utt is None or utt.finished and utt.done.is_set():
+            return  # utterance was cleared: late audio is dropped
+        if not pcm.size:
+            return
+        self._chunks.append(_Chunk(segment, pcm))
+        segment.pushed_samples += pcm.size
+        self._queued += pcm.size
+
+    def close_segment(self, segment: SegmentPlayback) -> None:
+        """No more audio follows for this segment."""
+        segment.complete = True
+
+    def finish_utterance(self, utterance_id: str) -> None:
+        """No more segments follow; ``wait_done`` returns once all is played."""
+        utt = self._utterances.get(utterance_id)
+        if utt is None:
+            return
+        utt.finished = True
+        self._check_done(utterance_id)
+
+    # ---------------------------------------------------------------- consumer
+
+    def pull(self) -> tuple[PCM, bool]:
+        """Take the next frame; returns ``(pcm, has_speech)``.
+
+        ``has_speech`` is False for a frame that is all filler silence (empty
+        buffer or paused). Frames are always exactly ``frame_samples`` long.
+        """
+        out = np.zeros(self.frame_samples, np.int16)
+        filled = 0
+        if not self._paused:
+            while filled < self.frame_samples and self._chunks:
+                chunk = self._chunks[0]
+                take = min(self.frame_samples - filled, chunk.pcm.size - chunk.offset)
+                out[filled : filled + take] = chunk.pcm[chunk.offset : chunk.offset + take]
+                chunk.offset += take
+                filled += take
+                chunk.segment.played_samples += take
+                utt = self._utterances.get(chunk.segment.utterance_id)
+                if utt is not None and utt.first_audio_at is None:
+                    utt.first_audio_at = time.monotonic()
+                    utt.started.set()
+                if chunk.offset >= chunk.pcm.size:
+                    self._chunks.popleft()
+                    self._check_done(chunk.segment.utterance_id)
+            self._queued -= filled
+            if self._queued < self._max_samples:
+                self._room.set()
+        self._position += self.frame_samples
+        return out, filled > 0
+
+    def pull_frame(self) -> AudioFrame:
+        """``pull`` wrapped as an ``AudioFrame`` stamped with the stream position."""
+        ts = self._position / self.sample_rate
+        pcm, _ = self.pull()
+        return AudioFrame(pcm, self.sample_rate, 1, ts)
+
+    async def frames(self) -> AsyncIterator[AudioFrame]:
+        """Paced real-time frames, forever (silence when idle).
+
+        Deadlines are computed from the start time so pacing does not drift; if
+        the consumer falls behind by more than 5 frames it resynchronises
+        rather than bursting.
+        """
+        period = self.frame_ms / 1000
+        start = time.monotonic()
+        n = 0
+        while True:
+            yield self.pull_frame()
+            n += 1
+            deadline = start + n * period
+            delay = deadline - time.monotonic()
+            if delay < -5 * period:
+                start, n = time.monotonic(), 0
+            elif delay > 0:
+                await asyncio.sleep(delay)
+
+    # ----------------------------------------------------------------- control
+
+    @property
+    def paused(self) -> bool:
+        """Whether pulls currently yield silence without consuming audio."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Output silence without consuming queued audio (barge-in candidate)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Continue from exactly where ``pause`` stopped."""
+        self._paused = False
+
+    def clear(self, utterance_id: str | None = None) -> None:
+        """Drop queued audio at once (of one utterance, or of all)."""
+        kept = deque(
+            c
+            for c in self._chunks
+            if utterance_id is not None and c.segment.utterance_id != utterance_id
+        )
+        self._queued = sum(c.pcm.size - c.offset for c in kept)
+        self._chunks = kept
+        self._paused = False
+        self._room.set()
+        for uid, utt in self._utterances.items():
+            if utterance_id is None or uid == utterance_id:
+                utt.finished = True
+                utt.done.set()
+
+    def forget(self, utterance_id: str) -> None:
+        """Release the accounting of an utterance that is over."""
+        self._utterances.pop(utterance_id, None)
+
+    # ---------------------------------------------------------------- queries
+
+    @property
+    def buffered_ms(self) -> float:
+        """Audio queued and not yet pulled, in milliseconds."""
+        return 1000.0 * self._queued / self.sample_rate
+
+    @property
+    def position(self) -> float:
+        """Seconds of output pulled since creation (stream clock)."""
+        return self._position / self.sample_rate
+
+    def segments(self, utterance_id: str) -> list[SegmentPlayback]:
+        """Playback records of an utterance's segments, in order."""
+        utt = self._utterances.get(utterance_id)
+        return list(utt.segments) if utt else []
+
+    def first_audio_at(self, utterance_id: str) -> float | None:
+        """Monotonic time the first sample of the utterance was pulled."""
+        utt = self._utterances.get(utterance_id)
+        return utt.first_audio_at if utt else None
+
+    async def wait_started(self, utterance_id: str) -> None:
+        """Wait until the first sample of the utterance is pulled."""
+        self.open_utterance(utterance_id)
+        await self._utterances[utterance_id].started.wait()
+
+    async def wait_done(self, utterance_id: str) -> None:
+        """Wait until the utterance is finished and fully played, or cleared."""
+        self.open_utterance(utterance_id)
+        await self._utterances[utterance_id].done.wait()
+
+    def is_done(self, utterance_id: str) -> bool:
+        """Whether the utterance is over (played out or cleared)."""
+        utt = self._utterances.get(utterance_id)
+        return utt is not None and utt.done.is_set()
+
+    def _check_done(self, utterance_id: str) -> None:
+        utt = self._utterances.get(utterance_id)
+        if utt is None or not utt.finished or utt.done.is_set():
+            return
+        if not any(c.segment.utterance_id == utterance_id for c in self._chunks):
+            utt.done.set()
+
+
+def heard_text(segments: list[SegmentPlayback]) -> str:
+    """The text of an utterance the caller actually heard.
+
+    Fully played segments count whole; in a partly played segment, a word
+    counts once playback passed the end of that word, estimating positions
+    by character offsets (speech rate is close to uniform within a clause).
+    """
+    parts: list[str] = []
+    for seg in segments:
+        if seg.played_samples == 0:
+            break
+        frac = seg.fraction_played
+        if frac >= 1.0:
+            parts.append(seg.text.strip())
+            continue
+        parts.append(_text_prefix(seg.text, frac))
+        break
+    return " ".join(p for p in parts if p)
+
+
+def _text_prefix(text: str, fraction: float) -> str:
+    words = text.split()
+    total = sum(len(w) + 1 for w in words)
+    budget = fraction * total
+    kept: list[str] = []
+    pos = 0
+    for w in words:
+        pos += len(w) + 1
+        if pos > budget:
+            break
+        kept.append(w)
+    return " ".join(kept)

@@ -1,0 +1,165 @@
+"""Frames, WAV files, resampling and the playout buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media.errors import AudioFormatError
+from media.frames import AudioFrame, float_to_int16, int16_to_float, rms_dbfs
+from media.playout import PlayoutBuffer, heard_text
+from media.resample import FrameNormalizer, StreamResampler, resample
+from media.wav import read_wav, wav_bytes, write_wav
+
+
+def tone(freq: float, seconds: float, rate: int, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return float_to_int16(amp * np.sin(2 * np.pi * freq * t))
+
+
+def test_frame_validation_and_mono() -> None:
+    with pytest.raises(AudioFormatError, match="int16"):
+        AudioFrame(np.zeros(10, np.float32), 16000)  # type: ignore[arg-type]
+    with pytest.raises(AudioFormatError, match="channels"):
+        AudioFrame(np.zeros(11, np.int16), 16000, channels=2)
+    stereo = AudioFrame(np.array([100, 300, -100, -300], np.int16), 16000, channels=2)
+    assert stereo.samples_per_channel == 2
+    assert stereo.to_mono().samples.tolist() == [200, -200]
+    f = int16_to_float(np.array([-32768, 0, 16384], np.int16))
+    assert f.dtype == np.float32 and f[0] == -1.0 and f[2] == 0.5
+    assert rms_dbfs(np.zeros(5, np.int16)) == float("-inf")
+    assert -10.0 < rms_dbfs(tone(440, 0.1, 16000, 0.5)) < -8.0
+
+
+def test_wav_roundtrip(tmp_path: Path) -> None:
+    pcm = tone(300, 0.25, 22050)
+    path = tmp_path / "a.wav"
+    write_wav(path, AudioFrame(pcm, 22050))
+    back = read_wav(path)
+    assert back.sample_rate == 22050 and back.channels == 1
+    assert np.array_equal(back.samples, pcm)
+    assert read_wav(wav_bytes(AudioFrame(pcm, 22050))).samples.size == pcm.size
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "not a readable"),
+        (b"OggS" + b"\0" * 60, "not a readable"),
+        (b"RIFF\x24\0\0\0WAVEfmt ", "not a readable"),
+    ],
+)
+def test_bad_wav_bytes(data: bytes, message: str) -> None:
+    with pytest.raises(AudioFormatError, match=message):
+        read_wav(data)
+
+
+def test_truncated_and_empty_wav(tmp_path: Path) -> None:
+    full = wav_bytes(AudioFrame(tone(300, 0.1, 16000), 16000))
+    with pytest.raises(AudioFormatError, match="truncated"):
+        read_wav(full[:-400])
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+    with pytest.raises(AudioFormatError, match="no audio"):
+        read_wav(buf.getvalue())
+    with pytest.raises(AudioFormatError, match="cannot open"):
+        read_wav(tmp_path / "missing.wav")
+
+
+def test_wav_other_widths() -> None:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(3)
+        w.setframerate(8000)
+        w.writeframes(b"".join(struct.pack("<i", v)[:3] for v in (0, 0x400000, -0x400000)))
+    assert read_wav(buf.getvalue()).samples.tolist() == [0, 0x4000, -0x4000]
+
+
+def test_stream_resampler_matches_whole_signal() -> None:
+    pcm = tone(440, 1.0, 48000)
+    r = StreamResampler(48000, 16000)
+    pieces = [r.process(pcm[i : i + 960]) for i in range(0, pcm.size, 960)]
+    streamed = np.concatenate([*pieces, r.flush()])
+    whole = resample(pcm, 48000, 16000)
+    assert abs(streamed.size - whole.size) <= 2
+    n = min(streamed.size, whole.size) - 200
+    # No clicks at the 20 ms joins: the streamed signal equals the one-shot one.
+    assert np.max(np.abs(streamed[200:n].astype(int) - whole[200:n].astype(int))) < 200
+
+
+def test_frame_normalizer_stereo_48k() -> None:
+    mono = tone(440, 0.2, 48000)
+    stereo = np.repeat(mono, 2)
+    norm = FrameNormalizer(16000)
+    out = [
+        norm.process(AudioFrame(stereo[i : i + 1920], 48000, 2)) for i in range(0, 19200, 1920)
+    ]
+    assert all(f.sample_rate == 16000 and f.channels == 1 for f in out)
+    assert 2800 <= sum(f.samples.size for f in out) <= 3200  # minus the filter delay
+
+
+async def test_playout_pacing_accounting_and_clear() -> None:
+    buf = PlayoutBuffer(16000, max_buffered_ms=1000)
+    seg1 = buf.open_segment("u1", "Hello there.")
+    seg2 = buf.open_segment("u1", "How are you doing today?")
+    await buf.push(seg1, np.full(3200, 1000, np.int16))  # 200 ms
+    buf.close_segment(seg1)
+    await buf.push(seg2, np.full(6400, 1000, np.int16))  # 400 ms
+    buf.close_segment(seg2)
+    assert buf.buffered_ms == 600
+    for _ in range(15):  # 300 ms: all of seg1, a quarter of seg2
+        pcm, speech = buf.pull()
+        assert speech and pcm.size == 320
+    assert seg1.fraction_played == 1.0 and seg2.fraction_played == 0.25
+    assert heard_text(buf.segments("u1")) == "Hello there. How"
+    buf.clear("u1")
+    assert buf.buffered_ms == 0 and buf.is_done("u1")
+    pcm, speech = buf.pull()
+    assert not speech and not pcm.any()
+    assert heard_text(buf.segments("u1")) == "Hello there. How"
+
+
+async def test_playout_backpressure_pause_resume_and_done() -> None:
+    buf = PlayoutBuffer(16000, max_buffered_ms=100)
+    seg = buf.open_segment("u", "x y z")
+    push = asyncio.create_task(buf.push(seg, np.ones(4800, np.int16)))  # 300 ms > bound
+    await asyncio.sleep(0.01)
+    assert not push.done() and buf.buffered_ms == 100
+    buf.pause()
+    assert not buf.pull()[1]
+    assert buf.buffered_ms == 100  # paused: nothing consumed
+    buf.resume()
+    for _ in range(10):
+        buf.pull()
+        await asyncio.sleep(0)
+    await asyncio.wait_for(push, 1)
+    buf.close_segment(seg)
+    buf.finish_utterance("u")
+    assert not buf.is_done("u")
+    while buf.buffered_ms:
+        buf.pull()
+    await asyncio.wait_for(buf.wait_done("u"), 1)
+    assert buf.first_audio_at("u") is not None
+
+
+async def test_playout_frames_are_paced() -> None:
+    buf = PlayoutBuffer(16000)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    n = 0
+    async for frame in buf.frames():
+        assert frame.samples.size == 320
+        n += 1
+        if n == 10:
+            break
+    assert 0.15 <= loop.time() - t0 < 0.5
