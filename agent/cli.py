@@ -54,9 +54,7 @@ def _idle(session: VoiceSession) -> bool:
     return session.state is SessionState.LISTENING and session.playout.buffered_ms == 0
 
 
-async def run_call(
-    session: VoiceSession, pcm: np.ndarray, *, fast: bool
-) -> np.ndarray:
+async def run_call(session: VoiceSession, pcm: np.ndarray, *, fast: bool) -> np.ndarray:
     """Drive ``session`` with ``pcm``; return the agent's audio on the input's timeline."""
     out: list[np.ndarray] = []
     silence = AudioFrame.silence(PIPELINE_RATE)

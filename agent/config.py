@@ -126,6 +126,22 @@ class InterruptionConfig(_Section):
     """Words the paused speech must produce to confirm the interruption (0: VAD alone)."""
     false_interruption_timeout_ms: int = Field(1500, ge=100, le=10_000)
     """A paused reply resumes if no words come within this time after the speech stops."""
+    filler_words: tuple[str, ...] = (
+        "uh",
+        "um",
+        "umm",
+        "hmm",
+        "hm",
+        "mm",
+        "mmm",
+        "mhm",
+        "uh-huh",
+        "mm-hmm",
+        "ah",
+        "oh",
+        "er",
+    )
+    """Backchannels and hesitations: they neither confirm an interruption nor make a turn."""
 
 
 class ChunkerConfig(_Section):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -40,6 +40,6 @@ class LLM(Protocol):
 
     def stream(
         self, messages: Sequence[ChatMessage], settings: GenerationSettings
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield the reply's text in pieces as they are generated."""
         ...

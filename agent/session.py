@@ -145,6 +145,7 @@ class VoiceSession:
         self._detector = TurnDetector(config.turn.to_settings(), config.vad.to_settings())
         self._vad = models.vad.stream()
         self._generation = config.llm.generation()
+        self._fillers = frozenset(config.interruption.filler_words)
         self._state = SessionState.LISTENING
         self._inbound: asyncio.Queue[_Inbound] = asyncio.Queue(INPUT_QUEUE_FRAMES)
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue(EVENT_QUEUE_SIZE)
@@ -367,9 +368,7 @@ class VoiceSession:
             if spec is not None and spec.speech_end != speech_end:
                 spec.task.cancel()
                 spec = None
-            self._spawn(
-                self._finish_turn(self._turn_id, audio, spec, clock), "turn-finish"
-            )
+            self._spawn(self._finish_turn(self._turn_id, audio, spec, clock), "turn-finish")
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
@@ -392,7 +391,7 @@ class VoiceSession:
                 turn_id=turn_id, text=result.text, final=False, confidence=result.confidence
             )
         )
-        self._check_barge_words(len(result.words))
+        self._check_barge_words(self._content_words(result.text))
 
     async def _finish_turn(
         self, turn_id: str, audio: FloatPCM, spec: _Speculation | None, clock: _TurnClock
@@ -409,7 +408,7 @@ class VoiceSession:
             return
         clock.stt_final_s = result.processing_s
         clock.stt_ready = time.monotonic()
-        if not result.words:
+        if self._content_words(result.text) == 0:
             self._resume_if_barge_pending()
             self._barge = None
             return
@@ -422,6 +421,11 @@ class VoiceSession:
         self._start_reply(turn_id, clock, user_text=result.text)
 
     # ------------------------------------------------------------ barge-in
+
+    def _content_words(self, text: str) -> int:
+        """Words of a transcript that are not fillers or backchannels."""
+        words = (w.strip(".,!?;:\"'") for w in text.lower().split())
+        return sum(1 for w in words if w and w not in self._fillers)
 
     def _pause_for_barge_in(self, barge: _BargeIn) -> None:
         if barge.reply.done:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol, runtime_checkable
 
 from media.frames import PCM
@@ -16,6 +16,6 @@ class TTS(Protocol):
     voice: str
     """Name of the voice, used as part of cache keys."""
 
-    def stream(self, text: str) -> AsyncIterator[PCM]:
+    def stream(self, text: str) -> AsyncGenerator[PCM, None]:
         """Yield the audio of ``text`` in chunks as soon as each is synthesized."""
         ...

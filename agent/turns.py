@@ -149,9 +149,7 @@ class TurnDetector:
                 self._utt_first_window = self._windows - len(self._history)
                 self._history = []
                 self._phase = _Phase.SPEAKING
-                events.append(
-                    TurnEvent(TurnEventKind.SPEECH_STARTED, self.now, self._speech_start)
-                )
+                events.append(TurnEvent(TurnEventKind.SPEECH_STARTED, self.now, self._speech_start))
             return events
 
         self._utterance.append(window)

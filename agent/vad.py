@@ -63,9 +63,7 @@ class SileroVAD:
         """A fresh stream with zeroed state, for one call."""
         return VADStream(self)
 
-    def _run(
-        self, x: FloatPCM, h: FloatPCM, c: FloatPCM
-    ) -> tuple[FloatPCM, FloatPCM, FloatPCM]:
+    def _run(self, x: FloatPCM, h: FloatPCM, c: FloatPCM) -> tuple[FloatPCM, FloatPCM, FloatPCM]:
         probs, hn, cn = self._session.run(None, {"input": x, "h": h, "c": c})
         return probs, hn, cn
 

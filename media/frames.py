@@ -89,7 +89,8 @@ def int16_to_float(pcm: PCM) -> FloatPCM:
 
 def float_to_int16(audio: npt.NDArray[np.floating]) -> PCM:
     """Convert float audio in [-1, 1] to int16, clipping out-of-range values."""
-    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+    out: PCM = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return out
 
 
 def rms_dbfs(pcm: PCM) -> float:

@@ -112,7 +112,7 @@ class PlayoutBuffer:
 
     def _enqueue(self, segment: SegmentPlayback, pcm: PCM) -> None:
         utt = self._utterances.get(segment.utterance_id)
-        if utt is None or utt.finished and utt.done.is_set():
+        if utt is None or (utt.finished and utt.done.is_set()):
             return  # utterance was cleared: late audio is dropped
         if not pcm.size:
             return

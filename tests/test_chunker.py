@@ -12,7 +12,10 @@ def feed_all(text: str, step: int = 3, settings: ChunkerSettings | None = None) 
 
 
 def test_first_chunk_cut_at_clause_then_sentences() -> None:
-    text = "Of course my friend, the capital of France is Paris. It is known for art, food and fashion."
+    text = (
+        "Of course my friend, the capital of France is Paris. "
+        "It is known for art, food and fashion."
+    )
     assert feed_all(text) == [
         "Of course my friend,",
         "the capital of France is Paris.",

@@ -25,7 +25,7 @@ def tone(freq: float, seconds: float, rate: int, amp: float = 0.5) -> np.ndarray
 
 def test_frame_validation_and_mono() -> None:
     with pytest.raises(AudioFormatError, match="int16"):
-        AudioFrame(np.zeros(10, np.float32), 16000)  # type: ignore[arg-type]
+        AudioFrame(np.zeros(10, np.float32), 16000)
     with pytest.raises(AudioFormatError, match="channels"):
         AudioFrame(np.zeros(11, np.int16), 16000, channels=2)
     stereo = AudioFrame(np.array([100, 300, -100, -300], np.int16), 16000, channels=2)
@@ -101,9 +101,7 @@ def test_frame_normalizer_stereo_48k() -> None:
     mono = tone(440, 0.2, 48000)
     stereo = np.repeat(mono, 2)
     norm = FrameNormalizer(16000)
-    out = [
-        norm.process(AudioFrame(stereo[i : i + 1920], 48000, 2)) for i in range(0, 19200, 1920)
-    ]
+    out = [norm.process(AudioFrame(stereo[i : i + 1920], 48000, 2)) for i in range(0, 19200, 1920)]
     assert all(f.sample_rate == 16000 and f.channels == 1 for f in out)
     assert 2800 <= sum(f.samples.size for f in out) <= 3200  # minus the filter delay
 

@@ -11,7 +11,9 @@ from agent.vad import WINDOW_S, WINDOW_SAMPLES, GateSettings
 K = TurnEventKind
 
 
-def run(probs: list[float], turn: TurnSettings | None = None) -> tuple[TurnDetector, list[TurnEvent]]:
+def run(
+    probs: list[float], turn: TurnSettings | None = None
+) -> tuple[TurnDetector, list[TurnEvent]]:
     det = TurnDetector(turn or TurnSettings(), GateSettings())
     events: list[TurnEvent] = []
     for i, p in enumerate(probs):
@@ -31,6 +33,7 @@ def test_turn_ends_after_silence_with_backdated_boundaries() -> None:
     start, pause, end = events
     assert start.speech_start == pytest.approx(secs(1.0) * WINDOW_S)
     assert pause.speech_end == pytest.approx(2 * secs(1.0) * WINDOW_S)
+    assert pause.speech_end is not None
     assert end.time - pause.speech_end == pytest.approx(0.6, abs=WINDOW_S)
     audio = det.utterance_audio(until_speech_end=True)
     # pre-roll before the onset and a short tail after the end of speech
@@ -44,7 +47,11 @@ def test_pause_shorter_than_silence_resumes_same_turn() -> None:
     _, events = run(probs)
     kinds = [e.kind for e in events]
     assert kinds == [
-        K.SPEECH_STARTED, K.SPEECH_PAUSED, K.SPEECH_RESUMED, K.SPEECH_PAUSED, K.TURN_ENDED
+        K.SPEECH_STARTED,
+        K.SPEECH_PAUSED,
+        K.SPEECH_RESUMED,
+        K.SPEECH_PAUSED,
+        K.TURN_ENDED,
     ]
     assert events[-1].speech_start == events[0].speech_start
 

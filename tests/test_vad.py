@@ -77,4 +77,4 @@ def test_vad_state_is_per_stream_and_chunking_invariant(vad: SileroVAD) -> None:
 
 def test_vad_rejects_wrong_input(vad: SileroVAD) -> None:
     with pytest.raises(AudioFormatError):
-        vad.stream().process(np.zeros(512, np.int16))  # type: ignore[arg-type]
+        vad.stream().process(np.zeros(512, np.int16))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ class LlamaLLM:
 
     async def stream(
         self, messages: Sequence[ChatMessage], settings: GenerationSettings
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield text pieces of the reply as llama.cpp produces them."""
         loop = asyncio.get_running_loop()
         # Bounded by the request itself: at most max_tokens pieces plus an end

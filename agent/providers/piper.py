@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +73,7 @@ class PiperTTS:
         except Exception as exc:
             raise ProviderError("piper", f"synthesis failed: {type(exc).__name__}") from exc
 
-    async def stream(self, text: str) -> AsyncIterator[PCM]:
+    async def stream(self, text: str) -> AsyncGenerator[PCM, None]:
         """Yield each sentence's audio as soon as it is synthesized."""
         if not text.strip():
             return
@@ -99,4 +99,3 @@ class PiperTTS:
     def close(self) -> None:
         """Stop the worker thread."""
         self._executor.shutdown()
-

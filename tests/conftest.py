@@ -1,0 +1,25 @@
+"""Shared fixtures: the real local models, loaded once for the whole test run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.runtime import AgentModels
+
+
+@pytest.fixture(scope="session")
+def agent_config() -> AgentConfig:
+    """The default agent with a fixed LLM seed, so replies are repeatable."""
+    config = AgentConfig.load()
+    return config.model_copy(update={"llm": config.llm.model_copy(update={"seed": 7})})
+
+
+@pytest.fixture(scope="session")
+def models(agent_config: AgentConfig) -> Iterator[AgentModels]:
+    """VAD, Whisper tiny.en, SmolLM2-135M and the Piper voice, loaded once."""
+    loaded = AgentModels.load(agent_config)
+    yield loaded
+    loaded.close()
