@@ -53,5 +53,6 @@ def silence(seconds: float, rate: int = PIPELINE_RATE) -> PCM:
 
 def compose(*parts: str | float, rate: int = PIPELINE_RATE) -> PCM:
     """Concatenate speech (str) and silences (float seconds) into one signal."""
-    return np.concatenate([speak(p, rate) if isinstance(p, str) else silence(p, rate)
-                           for p in parts])
+    return np.concatenate(
+        [speak(p, rate) if isinstance(p, str) else silence(p, rate) for p in parts]
+    )
