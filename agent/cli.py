@@ -94,7 +94,7 @@ async def run_call(session: VoiceSession, pcm: np.ndarray, *, fast: bool) -> np.
             await asyncio.sleep(max(0.0, start + n * frame_s - time.monotonic()))
 
     async def play() -> None:
-        async for frame in session.playout.frames():
+        async for frame, _ in session.playout.frames():
             out.append(frame.samples)
 
     player = asyncio.create_task(play(), name="cli-playout")

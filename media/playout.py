@@ -169,8 +169,8 @@ class PlayoutBuffer:
         pcm, _ = self.pull()
         return AudioFrame(pcm, self.sample_rate, 1, ts)
 
-    async def frames(self) -> AsyncIterator[AudioFrame]:
-        """Paced real-time frames, forever (silence when idle).
+    async def frames(self) -> AsyncIterator[tuple[AudioFrame, bool]]:
+        """Paced real-time ``(frame, has_speech)`` pairs, forever (silence when idle).
 
         Deadlines are computed from the start time so pacing does not drift; if
         the consumer falls behind by more than 5 frames it resynchronises
@@ -180,7 +180,9 @@ class PlayoutBuffer:
         start = time.monotonic()
         n = 0
         while True:
-            yield self.pull_frame()
+            ts = self._position / self.sample_rate
+            pcm, speech = self.pull()
+            yield AudioFrame(pcm, self.sample_rate, 1, ts), speech
             n += 1
             deadline = start + n * period
             delay = deadline - time.monotonic()

@@ -155,7 +155,8 @@ async def test_playout_frames_are_paced() -> None:
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     n = 0
-    async for frame in buf.frames():
+    async for frame, speech in buf.frames():
+        assert not speech
         assert frame.samples.size == 320
         n += 1
         if n == 10:

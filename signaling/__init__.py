@@ -1,0 +1,1 @@
+"""The signaling API (FastAPI): the composition root that wires agent, media and store."""

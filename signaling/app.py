@@ -1,0 +1,262 @@
+"""The FastAPI application: app factory, lifespan, error mapping and the room/call routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from agent.config import AgentConfig
+from agent.errors import AgentError, ProviderError
+from agent.runtime import AgentModels
+from media.errors import AudioFormatError
+from signaling.bodylimit import BodyLimitMiddleware
+from signaling.calls import CallLimitError, CallManager
+from signaling.metrics import ServerMetrics
+from signaling.rooms import Room, RoomRegistry
+from signaling.settings import ServerSettings
+from signaling.state import ApiError, AppState, State
+from signaling.textchat import TextChats
+from signaling.tokens import TokenError, TokenService, bearer
+from signaling.webrtc import SdpError, answer_offer
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+class RoomIn(BaseModel):
+    """Body of ``POST /v1/rooms``."""
+
+    name: str | None = Field(None, max_length=200)
+
+
+class SdpIn(BaseModel):
+    """A JSON SDP offer."""
+
+    sdp: str = Field(..., max_length=64 * 1024)
+    type: str
+
+
+def _room_out(st: AppState, room: Room, token: str | None = None, exp: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": room.id,
+        "name": room.name,
+        "created_at": room.created_at,
+        "calls": [c.describe() for c in st.calls.calls(room.id)],
+        "ice_servers": [s.model_dump(exclude_none=True) for s in st.settings.ice_servers],
+    }
+    if token is not None:
+        out["token"] = token
+        out["token_expires_at"] = exp
+    return out
+
+
+def _room_or_404(st: AppState, room_id: str) -> Room:
+    room = st.rooms.get(room_id)
+    if room is None:
+        raise ApiError(404, "room_not_found", "no such room")
+    return room
+
+
+def create_app(
+    settings: ServerSettings | None = None, models: AgentModels | None = None
+) -> FastAPI:
+    """Build the application. ``models`` may be passed in to share already-loaded models."""
+    settings = settings or ServerSettings()
+    config = AgentConfig.load(settings.agent_config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = models is None
+        loaded = models or await asyncio.to_thread(AgentModels.load, config)
+        metrics = ServerMetrics()
+        calls = CallManager(
+            loaded,
+            config,
+            max_calls=settings.max_calls,
+            idle_timeout_s=settings.idle_timeout_s,
+            sinks=[metrics.observe],
+        )
+        app.state.parley = AppState(
+            settings=settings,
+            config=config,
+            models=loaded,
+            tokens=TokenService(settings.jwt_secret.get_secret_value(), settings.token_ttl_s),
+            rooms=RoomRegistry(),
+            calls=calls,
+            metrics=metrics,
+            chats=TextChats(config, loaded),
+            started_at=time.time(),
+        )
+        log.info("parley ready: models loaded in %s s", loaded.load_seconds)
+        try:
+            yield
+        finally:
+            await calls.shutdown()
+            if own:
+                loaded.close()
+
+    app = FastAPI(
+        title="Parley",
+        version="0.1.0",
+        description="Signaling API of a real-time voice agent server.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    _install_error_handlers(app)
+    _install_routes(app)
+    from signaling.voice_api import router as voice_router
+    from signaling.ws import router as ws_router
+
+    app.include_router(voice_router)
+    app.include_router(ws_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def err(status: int, code: str, detail: str) -> JSONResponse:
+        return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return err(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(TokenError)
+    async def token_error(_: Request, exc: TokenError) -> JSONResponse:
+        code = "unauthorized" if exc.status == 401 else "forbidden"
+        resp = err(exc.status, code, str(exc))
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+
+    @app.exception_handler(SdpError)
+    async def sdp_error(_: Request, exc: SdpError) -> JSONResponse:
+        return err(400, "bad_sdp", str(exc))
+
+    @app.exception_handler(CallLimitError)
+    async def call_limit(_: Request, exc: CallLimitError) -> JSONResponse:
+        resp = err(503, "too_many_calls", str(exc))
+        resp.headers["Retry-After"] = "5"
+        return resp
+
+    @app.exception_handler(AudioFormatError)
+    async def audio_error(_: Request, exc: AudioFormatError) -> JSONResponse:
+        return err(415, "unsupported_media", str(exc))
+
+    @app.exception_handler(ProviderError)
+    async def provider_error(_: Request, exc: ProviderError) -> JSONResponse:
+        return err(503 if exc.retryable else 502, "provider_error", str(exc))
+
+    @app.exception_handler(AgentError)
+    async def agent_error(_: Request, exc: AgentError) -> JSONResponse:
+        return err(500, "agent_error", str(exc))
+
+
+def _install_routes(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/health")
+    async def health(st: State) -> dict[str, Any]:
+        """Liveness and readiness: whether the models are loaded."""
+        return {
+            "status": "ok",
+            "models_loaded": True,
+            "models": {k: v for k, v in st.models.load_seconds.items()},
+            "active_calls": st.calls.active,
+            "max_calls": st.calls.max_calls,
+            "uptime_s": round(time.time() - st.started_at, 1),
+        }
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(st: State) -> Response:
+        st.metrics.active_calls.set(st.calls.active)
+        return Response(st.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/ice-servers")
+    async def ice_servers(st: State) -> dict[str, Any]:
+        """STUN/TURN servers for clients (empty: loopback and LAN need none)."""
+        return {"ice_servers": [s.model_dump(exclude_none=True) for s in st.settings.ice_servers]}
+
+    @app.post("/v1/rooms", status_code=201)
+    async def create_room(st: State, body: RoomIn | None = None) -> dict[str, Any]:
+        """Create a room; returns its id and a join token scoped to it."""
+        room = st.rooms.create(body.name if body else None)
+        token, exp = st.tokens.mint(room.id)
+        return _room_out(st, room, token, exp)
+
+    @app.get("/v1/rooms/{room_id}")
+    async def get_room(room_id: str, st: State) -> dict[str, Any]:
+        """A room and its live calls."""
+        return _room_out(st, _room_or_404(st, room_id))
+
+    @app.delete("/v1/rooms/{room_id}")
+    async def delete_room(
+        room_id: str, st: State, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Delete a room and end its calls (needs the room's token)."""
+        _room_or_404(st, room_id)
+        st.tokens.verify(bearer(authorization), room_id)
+        ended = await st.calls.end_room(room_id)
+        st.rooms.delete(room_id)
+        return {"id": room_id, "deleted": True, "calls_ended": ended}
+
+    @app.post("/v1/rooms/{room_id}/offer")
+    async def offer(
+        room_id: str,
+        request: Request,
+        st: State,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Answer a WebRTC offer (JSON ``{sdp, type}`` or WHIP-style ``application/sdp``)."""
+        _room_or_404(st, room_id)
+        st.tokens.verify(bearer(authorization), room_id)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        raw = await request.body()
+        if ctype == "application/sdp":
+            sdp, kind, whip = raw.decode("utf-8", "replace"), "offer", True
+        elif ctype == "application/json":
+            try:
+                body = SdpIn.model_validate_json(raw)
+            except ValueError as exc:
+                raise ApiError(400, "bad_sdp", "body must be JSON {sdp, type}") from exc
+            sdp, kind, whip = body.sdp, body.type, False
+        else:
+            raise ApiError(415, "unsupported_media", "send application/json or application/sdp")
+        call, answer = await answer_offer(
+            st.calls, room_id, sdp, kind, st.settings.ice_servers, st.settings.output_rate
+        )
+        st.metrics.calls.labels("webrtc").inc()
+        headers = {"X-Call-Id": call.id, "X-Session-Id": call.session.id}
+        if whip:
+            headers["Location"] = f"/v1/rooms/{room_id}/calls/{call.id}"
+            return Response(answer.sdp, 201, headers=headers, media_type="application/sdp")
+        return JSONResponse(
+            {"sdp": answer.sdp, "type": answer.type, "call_id": call.id,
+             "session_id": call.session.id},
+            headers=headers,
+        )
+
+    @app.delete("/v1/rooms/{room_id}/calls/{call_id}")
+    async def hang_up(
+        room_id: str, call_id: str, st: State, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """End one call (WHIP-style resource deletion)."""
+        st.tokens.verify(bearer(authorization), room_id)
+        call = st.calls.get(call_id)
+        if call is None or call.room_id != room_id:
+            raise ApiError(404, "call_not_found", "no such call in this room")
+        await st.calls.end(call, "hung up")
+        return {"id": call_id, "ended": True}

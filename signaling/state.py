@@ -1,0 +1,51 @@
+"""What the routes share, and the API's error type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from agent.config import AgentConfig
+from agent.runtime import AgentModels
+from signaling.calls import CallManager
+from signaling.metrics import ServerMetrics
+from signaling.rooms import RoomRegistry
+from signaling.settings import ServerSettings
+from signaling.textchat import TextChats
+from signaling.tokens import TokenService
+
+
+class ApiError(Exception):
+    """An error answered with ``status`` and a JSON ``{"error": code, "detail": ...}``."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class AppState:
+    """Settings, models and registries of one app instance."""
+
+    settings: ServerSettings
+    config: AgentConfig
+    models: AgentModels
+    tokens: TokenService
+    rooms: RoomRegistry
+    calls: CallManager
+    metrics: ServerMetrics
+    chats: TextChats
+    started_at: float
+
+
+def state_of(request: Request) -> AppState:
+    """The app state (a FastAPI dependency)."""
+    st: AppState = request.app.state.parley
+    return st
+
+
+State = Annotated[AppState, Depends(state_of)]

@@ -1,0 +1,72 @@
+"""Join tokens: HS256 JWTs scoped to one room, with an expiry."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+ISSUER = "parley"
+
+
+class TokenError(Exception):
+    """A token that does not grant access. ``status`` is 401 or 403."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a verified token allows."""
+
+    room_id: str
+    subject: str
+    expires_at: int
+
+
+class TokenService:
+    """Mints and verifies room-scoped join tokens."""
+
+    def __init__(self, secret: str, ttl_s: int) -> None:
+        if len(secret) < 16:
+            raise ValueError("the token secret must be at least 16 characters")
+        self._secret = secret
+        self.ttl_s = ttl_s
+
+    def mint(self, room_id: str, subject: str = "caller") -> tuple[str, int]:
+        """A token for ``room_id``; returns ``(token, expires_at)``."""
+        now = int(time.time())
+        exp = now + self.ttl_s
+        claims = {"iss": ISSUER, "sub": subject, "room": room_id, "iat": now, "exp": exp}
+        return jwt.encode(claims, self._secret, algorithm="HS256"), exp
+
+    def verify(self, token: str | None, room_id: str) -> Grant:
+        """Check a token for ``room_id``: 401 if missing, invalid or expired; 403 if another room's."""
+        if not token:
+            raise TokenError("missing bearer token", 401)
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "room", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenError("token expired", 401) from exc
+        except jwt.PyJWTError as exc:
+            raise TokenError("invalid token", 401) from exc
+        if claims.get("room") != room_id:
+            raise TokenError("token is not valid for this room", 403)
+        return Grant(room_id=room_id, subject=str(claims["sub"]), expires_at=int(claims["exp"]))
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header, if any."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None

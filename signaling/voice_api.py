@@ -1,0 +1,77 @@
+"""REST utilities: text chat, speech-to-text of an upload, text-to-speech to WAV."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from media.decode import decode_audio
+from media.frames import AudioFrame, int16_to_float
+from media.wav import wav_bytes
+from signaling.state import ApiError, State
+
+router = APIRouter(prefix="/v1")
+
+MAX_UPLOAD_SECONDS = 120.0
+
+
+class ChatIn(BaseModel):
+    """Body of ``POST /v1/chat/text``."""
+
+    text: str = Field(..., min_length=1, max_length=4000)
+    session_id: str | None = Field(None, max_length=64)
+
+
+class TtsIn(BaseModel):
+    """Body of ``POST /v1/voice/tts``."""
+
+    text: str = Field(..., min_length=1, max_length=2000)
+
+
+@router.post("/chat/text")
+async def chat_text(body: ChatIn, st: State) -> dict[str, Any]:
+    """One text turn with the agent; pass the returned ``session_id`` to continue."""
+    try:
+        session_id, reply = await st.chats.reply(body.text, body.session_id)
+    except LookupError as exc:
+        raise ApiError(404, "session_not_found", "no such chat session") from exc
+    return {"session_id": session_id, "reply": reply}
+
+
+@router.post("/voice/stt")
+async def stt(request: Request, st: State) -> dict[str, Any]:
+    """Transcribe an uploaded audio file (WAV, OGG, MP3, WebM...; raw body or multipart)."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(400, "bad_request", "multipart body needs a 'file' part")
+        data = await upload.read()
+    else:
+        data = await request.body()
+    pcm = decode_audio(data, max_seconds=MAX_UPLOAD_SECONDS)
+    result = await st.models.stt.transcribe(int16_to_float(pcm))
+    return {
+        "text": result.text,
+        "confidence": round(result.confidence, 4),
+        "duration_s": round(pcm.size / 16000, 3),
+        "processing_ms": round(result.processing_s * 1000, 1),
+    }
+
+
+@router.post("/voice/tts", response_class=Response)
+async def tts(body: TtsIn, st: State) -> Response:
+    """Synthesize text to a 16-bit mono WAV at the voice's own rate."""
+    engine = st.models.tts
+    parts = [pcm async for pcm in engine.stream(body.text)]
+    pcm = np.concatenate(parts) if parts else np.zeros(0, np.int16)
+    return Response(
+        wav_bytes(AudioFrame(pcm, engine.sample_rate)),
+        media_type="audio/wav",
+        headers={"X-Voice": engine.voice},
+    )
