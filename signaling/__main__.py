@@ -33,8 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     app = create_app(settings)
     print(f"parley: open http://{settings.host}:{settings.port}/ to call the agent", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                ws_max_size=1024 * 1024)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        ws_max_size=1024 * 1024,
+    )
     return 0
 
 

@@ -47,7 +47,9 @@ class SdpIn(BaseModel):
     type: str
 
 
-def _room_out(st: AppState, room: Room, token: str | None = None, exp: int | None = None) -> dict[str, Any]:
+def _room_out(
+    st: AppState, room: Room, token: str | None = None, exp: int | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": room.id,
         "name": room.name,
@@ -78,7 +80,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = models is None
-        loaded = models or await asyncio.to_thread(AgentModels.load, config)
+        loaded: AgentModels = (
+            models if models is not None else await asyncio.to_thread(AgentModels.load, config)
+        )
         metrics = ServerMetrics()
         calls = CallManager(
             loaded,
@@ -244,8 +248,12 @@ def _install_routes(app: FastAPI) -> None:
             headers["Location"] = f"/v1/rooms/{room_id}/calls/{call.id}"
             return Response(answer.sdp, 201, headers=headers, media_type="application/sdp")
         return JSONResponse(
-            {"sdp": answer.sdp, "type": answer.type, "call_id": call.id,
-             "session_id": call.session.id},
+            {
+                "sdp": answer.sdp,
+                "type": answer.type,
+                "call_id": call.id,
+                "session_id": call.session.id,
+            },
             headers=headers,
         )
 

@@ -113,9 +113,7 @@ class CallManager:
         """A live call by id."""
         return self._calls.get(call_id)
 
-    async def open(
-        self, transport: str, *, room_id: str | None, output_rate: int
-    ) -> Call:
+    async def open(self, transport: str, *, room_id: str | None, output_rate: int) -> Call:
         """Start a session for a new call; raises ``CallLimitError`` when full."""
         if self._closing:
             raise CallLimitError("server is shutting down")

@@ -46,7 +46,9 @@ class TextChats:
             self._chats.move_to_end(session_id)
         else:
             session_id = "chat_" + secrets.token_urlsafe(12)
-            chat = _Chat(ChatHistory(self._config.system_prompt, self._config.llm.max_history_turns))
+            chat = _Chat(
+                ChatHistory(self._config.system_prompt, self._config.llm.max_history_turns)
+            )
             self._chats[session_id] = chat
         chat.touched = now
         return session_id, chat

@@ -31,8 +31,8 @@ class TokenService:
     """Mints and verifies room-scoped join tokens."""
 
     def __init__(self, secret: str, ttl_s: int) -> None:
-        if len(secret) < 16:
-            raise ValueError("the token secret must be at least 16 characters")
+        if len(secret.encode()) < 32:
+            raise ValueError("the token secret must be at least 32 bytes (RFC 7518 3.2)")
         self._secret = secret
         self.ttl_s = ttl_s
 
@@ -44,7 +44,11 @@ class TokenService:
         return jwt.encode(claims, self._secret, algorithm="HS256"), exp
 
     def verify(self, token: str | None, room_id: str) -> Grant:
-        """Check a token for ``room_id``: 401 if missing, invalid or expired; 403 if another room's."""
+        """Check a token for ``room_id``.
+
+        Raises ``TokenError`` 401 if it is missing, invalid or expired, 403 if
+        it belongs to another room.
+        """
         if not token:
             raise TokenError("missing bearer token", 401)
         try:

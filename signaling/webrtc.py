@@ -135,8 +135,10 @@ async def _pump(call: Call, track: MediaStreamTrack) -> None:
 
 async def _forward_events(call: Call, channel_ready: asyncio.Future[RTCDataChannel]) -> None:
     channel = await channel_ready
-    while channel.readyState == "connecting":
-        await asyncio.sleep(0.02)
+    if channel.readyState == "connecting":
+        opened = asyncio.Event()
+        channel.once("open", opened.set)
+        await opened.wait()
     async for event in call.session.events():
         if channel.readyState != "open":
             return
@@ -148,8 +150,9 @@ async def _forward_events(call: Call, channel_ready: asyncio.Future[RTCDataChann
 def _on_channel_message(call: Call, channel: RTCDataChannel, message: Any) -> None:
     def reply_error(text: str) -> None:
         if channel.readyState == "open":
-            channel.send(json.dumps({"type": "error", "stage": "input", "message": text,
-                                     "retryable": False}))
+            channel.send(
+                json.dumps({"type": "error", "stage": "input", "message": text, "retryable": False})
+            )
 
     if not isinstance(message, str) or len(message) > MAX_CHANNEL_MESSAGE:
         reply_error("expected a JSON text message of at most 16 KiB")
@@ -159,8 +162,10 @@ def _on_channel_message(call: Call, channel: RTCDataChannel, message: Any) -> No
     except json.JSONDecodeError:
         reply_error("message is not valid JSON")
         return
-    if not isinstance(data, dict) or data.get("type") != "text" or not isinstance(
-        data.get("text"), str
+    if (
+        not isinstance(data, dict)
+        or data.get("type") != "text"
+        or not isinstance(data.get("text"), str)
     ):
         reply_error('expected {"type": "text", "text": "..."}')
         return

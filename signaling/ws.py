@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -40,8 +39,9 @@ _FRAME_SAMPLES = PIPELINE_RATE * FRAME_MS // 1000
 
 async def _refuse(ws: WebSocket, code: int, kind: str, detail: str) -> None:
     await ws.accept()
-    await ws.send_text(json.dumps({"type": "error", "stage": kind, "message": detail,
-                                   "retryable": code == 4503}))
+    await ws.send_text(
+        json.dumps({"type": "error", "stage": kind, "message": detail, "retryable": code == 4503})
+    )
     await ws.close(code=code, reason=detail[:120])
 
 
@@ -106,12 +106,15 @@ async def _receive(ws: WebSocket, call: Call, lock: asyncio.Lock) -> None:
     carry = b""
 
     async def error(detail: str) -> None:
-        await _send(ws, lock, json.dumps({"type": "error", "stage": "input", "message": detail,
-                                          "retryable": False}))
+        await _send(
+            ws,
+            lock,
+            json.dumps({"type": "error", "stage": "input", "message": detail, "retryable": False}),
+        )
 
     while True:
         try:
-            message: dict[str, Any] = await ws.receive()
+            message = await ws.receive()
         except WebSocketDisconnect:
             return
         if message["type"] == "websocket.disconnect":

@@ -1,0 +1,49 @@
+"""A real server on a loopback port, run by uvicorn in a background thread, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from agent.runtime import AgentModels
+from signaling.app import create_app
+from signaling.settings import ServerSettings
+
+TEST_SECRET = "test-secret-0123456789abcdef-0123456789"
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_server(models: AgentModels, **settings: object) -> Iterator[str]:
+    """Serve the app with shared ``models``; yields its base URL."""
+    port = free_port()
+    cfg = ServerSettings(host="127.0.0.1", port=port, jwt_secret=TEST_SECRET, **settings)  # type: ignore[arg-type]
+    app = create_app(cfg, models=models)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
