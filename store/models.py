@@ -1,0 +1,140 @@
+"""SQLAlchemy 2 models. Times are timezone-aware UTC; ids are unguessable strings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON,
+    }
+
+
+class User(Base):
+    """A caller known to the server (optional: anonymous sessions have none)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class VoiceSession(Base):
+    """One conversation (a call, or a text chat), with its running statistics."""
+
+    __tablename__ = "voice_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    transport: Mapped[str] = mapped_column(String(32), default="none")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[dt.datetime | None]
+    turn_count: Mapped[int] = mapped_column(Integer, default=0)
+    avg_stt_confidence: Mapped[float | None] = mapped_column(Float)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    turns: Mapped[list[Turn]] = relationship(
+        back_populates="session", cascade="all, delete-orphan", order_by="Turn.seq"
+    )
+
+
+class Turn(Base):
+    """One message of a conversation: the caller's words or the agent's reply."""
+
+    __tablename__ = "turns"
+    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_turns_session_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("voice_sessions.id", ondelete="CASCADE"), index=True
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    """Order within the session, assigned by the writer (idempotent re-delivery)."""
+    turn_id: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    heard_text: Mapped[str | None] = mapped_column(Text)
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
+    stt_confidence: Mapped[float | None] = mapped_column(Float)
+    latencies: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Per-stage latencies in ms (voice_to_voice_ms, llm_first_token_ms, ...)."""
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[dt.datetime | None]
+
+    session: Mapped[VoiceSession] = relationship(back_populates="turns")
+
+
+class InteractionLog(Base):
+    """What the agent did with a user input: raw LLM output and the final action."""
+
+    __tablename__ = "interaction_logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("voice_sessions.id", ondelete="CASCADE"), index=True
+    )
+    user_input: Mapped[str] = mapped_column(Text)
+    raw_llm_output: Mapped[str] = mapped_column(Text)
+    final_action: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CacheEntry(Base):
+    """The persistent tier of the generic cache."""
+
+    __tablename__ = "cache_entries"
+    __table_args__ = (
+        UniqueConstraint("namespace", "key", name="uq_cache_namespace_key"),
+        Index("ix_cache_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(512))
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime | None]
+
+
+class TtsAudio(Base):
+    """Synthesized audio of a phrase for one voice (the TTS phrase cache)."""
+
+    __tablename__ = "tts_audio"
+    __table_args__ = (UniqueConstraint("voice", "text_hash", name="uq_tts_voice_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    voice: Mapped[str] = mapped_column(String(128))
+    text_hash: Mapped[str] = mapped_column(String(64))
+    sample_rate: Mapped[int] = mapped_column(Integer)
+    audio: Mapped[bytes] = mapped_column(LargeBinary)
+    """Little-endian int16 mono PCM."""
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

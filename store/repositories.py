@@ -1,0 +1,225 @@
+"""Repositories: the SQL operations the rest of the store uses."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from store.models import CacheEntry, InteractionLog, TtsAudio, Turn, VoiceSession, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """A turn as the writer receives it (plain data, no ORM)."""
+
+    session_id: str
+    turn_id: str
+    role: str
+    text: str
+    heard_text: str | None = None
+    interrupted: bool = False
+    stt_confidence: float | None = None
+    latencies: dict[str, Any] | None = None
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+
+
+class SessionRepository:
+    """Voice sessions and their turns."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def create(self, session_id: str, transport: str, language: str = "en") -> None:
+        """Insert a session (no-op if it already exists)."""
+        async with self._sessions.begin() as db:
+            if await db.get(VoiceSession, session_id) is None:
+                db.add(VoiceSession(id=session_id, transport=transport, language=language))
+
+    async def get(self, session_id: str) -> VoiceSession | None:
+        """A session by id."""
+        async with self._sessions() as db:
+            return await db.get(VoiceSession, session_id)
+
+    async def set_transport(self, session_id: str, transport: str) -> None:
+        """Record the transport of the session's latest call."""
+        async with self._sessions.begin() as db:
+            await db.execute(
+                update(VoiceSession)
+                .where(VoiceSession.id == session_id)
+                .values(transport=transport, status="active", ended_at=None)
+            )
+
+    async def end(self, session_id: str, status: str = "ended") -> None:
+        """Mark a session ended."""
+        async with self._sessions.begin() as db:
+            await db.execute(
+                update(VoiceSession)
+                .where(VoiceSession.id == session_id, VoiceSession.ended_at.is_(None))
+                .values(status=status, ended_at=utcnow())
+            )
+
+    async def delete(self, session_id: str) -> bool:
+        """Delete a session and its turns; returns whether it existed."""
+        async with self._sessions.begin() as db:
+            result = await db.execute(delete(VoiceSession).where(VoiceSession.id == session_id))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def add_turn(self, record: TurnRecord) -> None:
+        """Append a turn and update the session's statistics, in one transaction.
+
+        Idempotent: a turn already stored (same session, turn id and role) is
+        not stored twice, so the writer may safely retry after a failure.
+        """
+        async with self._sessions.begin() as db:
+            exists = await db.scalar(
+                select(Turn.id).where(
+                    Turn.session_id == record.session_id,
+                    Turn.turn_id == record.turn_id,
+                    Turn.role == record.role,
+                )
+            )
+            if exists is not None:
+                return
+            session = await db.get(VoiceSession, record.session_id, with_for_update=True)
+            if session is None:
+                session = VoiceSession(id=record.session_id, transport="unknown")
+                db.add(session)
+                await db.flush()
+            seq = await db.scalar(
+                select(func.coalesce(func.max(Turn.seq), 0)).where(
+                    Turn.session_id == record.session_id
+                )
+            )
+            db.add(
+                Turn(
+                    session_id=record.session_id,
+                    seq=int(seq or 0) + 1,
+                    turn_id=record.turn_id,
+                    role=record.role,
+                    text=record.text,
+                    heard_text=record.heard_text,
+                    interrupted=record.interrupted,
+                    stt_confidence=record.stt_confidence,
+                    latencies=record.latencies,
+                    started_at=record.started_at or utcnow(),
+                    ended_at=record.ended_at,
+                )
+            )
+            if record.role == "user":
+                n = session.turn_count or 0
+                if record.stt_confidence is not None:
+                    prev = session.avg_stt_confidence
+                    session.avg_stt_confidence = (
+                        record.stt_confidence
+                        if prev is None or n == 0
+                        else (prev * n + record.stt_confidence) / (n + 1)
+                    )
+                session.turn_count = n + 1
+
+    async def add_error(self, session_id: str) -> None:
+        """Count a failed stage in the session."""
+        async with self._sessions.begin() as db:
+            await db.execute(
+                update(VoiceSession)
+                .where(VoiceSession.id == session_id)
+                .values(error_count=VoiceSession.error_count + 1)
+            )
+
+    async def turns(self, session_id: str, limit: int = 1000) -> list[Turn]:
+        """A session's turns in order."""
+        async with self._sessions() as db:
+            rows = await db.scalars(
+                select(Turn).where(Turn.session_id == session_id).order_by(Turn.seq).limit(limit)
+            )
+            return list(rows)
+
+    async def log_interaction(
+        self, session_id: str, user_input: str, raw_llm_output: str, final_action: str
+    ) -> None:
+        """Record what the agent made of an input."""
+        async with self._sessions.begin() as db:
+            db.add(
+                InteractionLog(
+                    session_id=session_id,
+                    user_input=user_input,
+                    raw_llm_output=raw_llm_output,
+                    final_action=final_action,
+                )
+            )
+
+
+class CacheRepository:
+    """The SQL tier of the generic cache."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def get(self, namespace: str, key: str) -> dict[str, Any] | None:
+        """An unexpired value."""
+        async with self._sessions() as db:
+            row = await db.scalar(
+                select(CacheEntry).where(CacheEntry.namespace == namespace, CacheEntry.key == key)
+            )
+            if row is None:
+                return None
+            if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
+                return None
+            return row.value
+
+    async def put(
+        self, namespace: str, key: str, value: dict[str, Any], ttl_s: float | None
+    ) -> None:
+        """Insert or replace a value."""
+        expires = utcnow() + dt.timedelta(seconds=ttl_s) if ttl_s is not None else None
+        async with self._sessions.begin() as db:
+            row = await db.scalar(
+                select(CacheEntry).where(CacheEntry.namespace == namespace, CacheEntry.key == key)
+            )
+            if row is None:
+                db.add(CacheEntry(namespace=namespace, key=key, value=value, expires_at=expires))
+            else:
+                row.value = value
+                row.created_at = utcnow()
+                row.expires_at = expires
+
+    async def purge_expired(self) -> int:
+        """Delete expired entries; returns how many."""
+        async with self._sessions.begin() as db:
+            result = await db.execute(delete(CacheEntry).where(CacheEntry.expires_at <= utcnow()))
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+class TtsAudioRepository:
+    """The SQL tier of the TTS phrase cache."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def get(self, voice: str, text_hash: str) -> tuple[int, bytes] | None:
+        """``(sample_rate, pcm bytes)`` of a cached phrase."""
+        async with self._sessions() as db:
+            row = await db.scalar(
+                select(TtsAudio).where(TtsAudio.voice == voice, TtsAudio.text_hash == text_hash)
+            )
+            return None if row is None else (row.sample_rate, row.audio)
+
+    async def put(self, voice: str, text_hash: str, sample_rate: int, audio: bytes) -> None:
+        """Store a phrase (no-op if present)."""
+        async with self._sessions.begin() as db:
+            exists = await db.scalar(
+                select(TtsAudio.id).where(TtsAudio.voice == voice, TtsAudio.text_hash == text_hash)
+            )
+            if exists is None:
+                db.add(
+                    TtsAudio(voice=voice, text_hash=text_hash, sample_rate=sample_rate, audio=audio)
+                )
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    """SQLite returns naive datetimes; they are stored as UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)

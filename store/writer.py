@@ -1,0 +1,184 @@
+"""Background writer: durable writes off the audio path, retried while the database is down.
+
+``submit`` never blocks and never raises: calls go on whatever the database
+does. Operations are applied in order by one worker task; a failing one is
+retried with exponential backoff (head of line, so order is kept) until the
+database answers again. The queue is bounded (``max_pending``); past the
+bound new operations are refused and counted in ``dropped`` (with an error
+log), which at the default bound means hours of turns of a busy server with
+the database down. Nothing queued is lost while the process lives;
+``close()`` drains what it can within its timeout.
+
+A second lane keeps the latest chat context of each session for the hot
+tier, coalesced per session, so a slow database never delays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from store.repositories import SessionRepository, TurnRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """Mark a session ended."""
+
+    session_id: str
+    status: str = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionErrored:
+    """Count a failed stage of a session."""
+
+    session_id: str
+
+
+WriteOp = TurnRecord | SessionEnded | SessionErrored
+
+ContextSaver = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
+
+
+class TurnWriter:
+    """Owns one worker task per lane; ``start()`` before use, ``close()`` at shutdown."""
+
+    def __init__(
+        self,
+        repo: SessionRepository,
+        save_context: ContextSaver,
+        *,
+        max_pending: int = 50_000,
+        retry_base_s: float = 0.2,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._repo = repo
+        self._save_context = save_context
+        self.max_pending = max_pending
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._ops: deque[WriteOp] = deque()
+        self._contexts: dict[str, list[dict[str, Any]]] = {}
+        self._wake = asyncio.Event()
+        self._context_wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._contexts_done = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.written = 0
+        self.retries = 0
+        self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        """Operations not yet applied."""
+        return len(self._ops)
+
+    def start(self) -> None:
+        """Start the worker tasks."""
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._run_ops(), name="store-writer"),
+                asyncio.create_task(self._run_contexts(), name="store-context-writer"),
+            ]
+
+    def submit(self, op: WriteOp) -> bool:
+        """Queue a write; False (and an error log) only past ``max_pending``."""
+        if len(self._ops) >= self.max_pending:
+            self.dropped += 1
+            log.error(
+                "store writer queue full (%d): a %s was refused",
+                self.max_pending,
+                type(op).__name__,
+            )
+            return False
+        self._ops.append(op)
+        self._idle.clear()
+        self._wake.set()
+        return True
+
+    def save_context(self, session_id: str, messages: list[dict[str, Any]]) -> None:
+        """Keep the latest chat context of a session (coalesced)."""
+        self._contexts[session_id] = messages
+        self._context_wake.set()
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued operation is applied; False on time-out."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        if self._contexts:
+            self._contexts_done.clear()
+            try:
+                await asyncio.wait_for(self._contexts_done.wait(), timeout_s)
+            except TimeoutError:
+                return False
+        return True
+
+    async def close(self, drain_timeout_s: float = 5.0) -> None:
+        """Drain (bounded by the time-out), then stop the workers."""
+        if self._tasks:
+            await self.flush(drain_timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._ops:
+            log.error("store writer closed with %d writes not applied", len(self._ops))
+
+    async def _run_ops(self) -> None:
+        while True:
+            if not self._ops:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            op = self._ops[0]
+            delay = self._retry_base_s
+            while True:
+                try:
+                    await self._apply(op)
+                    break
+                except (SQLAlchemyError, OSError, ConnectionError) as exc:
+                    self.retries += 1
+                    log.warning(
+                        "store write failed (%s); retrying in %.1f s", type(exc).__name__, delay
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._retry_max_s)
+            self._ops.popleft()
+            self.written += 1
+
+    async def _apply(self, op: WriteOp) -> None:
+        if isinstance(op, TurnRecord):
+            await self._repo.add_turn(op)
+        elif isinstance(op, SessionEnded):
+            await self._repo.end(op.session_id, op.status)
+        else:
+            await self._repo.add_error(op.session_id)
+
+    async def _run_contexts(self) -> None:
+        while True:
+            if not self._contexts:
+                self._contexts_done.set()
+                self._context_wake.clear()
+                await self._context_wake.wait()
+                continue
+            session_id = next(iter(self._contexts))
+            messages = self._contexts[session_id]
+            try:
+                await self._save_context(session_id, messages)
+            except Exception:
+                log.exception("saving a session context to the hot tier failed")
+            if self._contexts.get(session_id) is messages:
+                del self._contexts[session_id]
