@@ -37,6 +37,15 @@ class ChatHistory:
         self._messages.append(ChatMessage("assistant", text, interrupted))
         self._trim()
 
+    def restore(self, messages: list[ChatMessage]) -> None:
+        """Start from a saved conversation (e.g. resuming a session in another process)."""
+        self._messages.clear()
+        for m in messages:
+            if m.role == "user":
+                self.add_user(m.content)
+            elif m.role == "assistant":
+                self.add_assistant(m.content, interrupted=m.interrupted)
+
     def messages(self) -> list[ChatMessage]:
         """The stored messages, oldest first (no system prompt)."""
         return list(self._messages)

@@ -46,6 +46,7 @@ from agent.events import (
     VadEvent,
 )
 from agent.history import ChatHistory
+from agent.llm import ChatMessage
 from agent.runtime import AgentModels
 from agent.speech import SpeechHandle
 from agent.stt import Transcript
@@ -135,6 +136,7 @@ class VoiceSession:
         output_rate: int = PIPELINE_RATE,
         sinks: Sequence[EventSink] = (),
         session_id: str | None = None,
+        history: Sequence[ChatMessage] = (),
     ) -> None:
         self.id = session_id or "ses_" + secrets.token_urlsafe(12)
         self.config = config
@@ -142,6 +144,7 @@ class VoiceSession:
         self._sinks = list(sinks)
         self.playout = PlayoutBuffer(output_rate)
         self.history = ChatHistory(config.system_prompt, config.llm.max_history_turns)
+        self.history.restore(list(history))
         self._detector = TurnDetector(config.turn.to_settings(), config.vad.to_settings())
         self._vad = models.vad.stream()
         self._generation = config.llm.generation()

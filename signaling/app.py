@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from agent.config import AgentConfig
 from agent.errors import AgentError, ProviderError
+from agent.phrase_cache import CachedTTS
 from agent.runtime import AgentModels
 from media.errors import AudioFormatError
 from signaling.bodylimit import BodyLimitMiddleware
@@ -28,6 +30,8 @@ from signaling.state import ApiError, AppState, State
 from signaling.textchat import TextChats
 from signaling.tokens import TokenError, TokenService, bearer
 from signaling.webrtc import SdpError, answer_offer
+from store.settings import StoreSettings
+from store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +45,14 @@ class RoomIn(BaseModel):
 
 
 class SdpIn(BaseModel):
-    """A JSON SDP offer."""
+    """A JSON SDP offer.
+
+    ``session_id`` (with its token in the ``X-Session-Token`` header) continues a session.
+    """
 
     sdp: str = Field(..., max_length=64 * 1024)
     type: str
+    session_id: str | None = Field(None, max_length=64)
 
 
 def _room_out(
@@ -71,24 +79,35 @@ def _room_or_404(st: AppState, room_id: str) -> Room:
 
 
 def create_app(
-    settings: ServerSettings | None = None, models: AgentModels | None = None
+    settings: ServerSettings | None = None,
+    models: AgentModels | None = None,
+    store_settings: StoreSettings | None = None,
 ) -> FastAPI:
-    """Build the application. ``models`` may be passed in to share already-loaded models."""
+    """Build the application.
+
+    ``models`` may be passed in to share already-loaded models; the store's
+    backends come from ``store_settings`` (default: ``DATABASE_URL`` /
+    ``REDIS_URL`` from the environment, else SQLite + in-process cache).
+    """
     settings = settings or ServerSettings()
     config = AgentConfig.load(settings.agent_config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = models is None
+        store = await Store.open(store_settings or StoreSettings())
         loaded: AgentModels = (
             models if models is not None else await asyncio.to_thread(AgentModels.load, config)
         )
+        # Calls speak through the phrase cache (greetings and fixed phrases come back at once).
+        call_models = dataclasses.replace(loaded, tts=CachedTTS(loaded.tts, store.phrases))
         metrics = ServerMetrics()
         calls = CallManager(
-            loaded,
+            call_models,
             config,
             max_calls=settings.max_calls,
             idle_timeout_s=settings.idle_timeout_s,
+            store=store,
             sinks=[metrics.observe],
         )
         app.state.parley = AppState(
@@ -99,7 +118,8 @@ def create_app(
             rooms=RoomRegistry(),
             calls=calls,
             metrics=metrics,
-            chats=TextChats(config, loaded),
+            chats=TextChats(config, loaded, store),
+            store=store,
             started_at=time.time(),
         )
         log.info("parley ready: models loaded in %s s", loaded.load_seconds)
@@ -107,6 +127,7 @@ def create_app(
             yield
         finally:
             await calls.shutdown()
+            await store.close()
             if own:
                 loaded.close()
 
@@ -119,9 +140,11 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
     _install_routes(app)
+    from signaling.sessions_api import router as sessions_router
     from signaling.voice_api import router as voice_router
     from signaling.ws import router as ws_router
 
+    app.include_router(sessions_router)
     app.include_router(voice_router)
     app.include_router(ws_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -181,6 +204,11 @@ def _install_routes(app: FastAPI) -> None:
             "models": {k: v for k, v in st.models.load_seconds.items()},
             "active_calls": st.calls.active,
             "max_calls": st.calls.max_calls,
+            "store": {
+                **st.store.describe(),
+                **{f"{k}_ok": v for k, v in (await st.store.healthy()).items()},
+            },
+            "store_pending_writes": st.store.writer.pending,
             "uptime_s": round(time.time() - st.started_at, 1),
         }
 
@@ -223,12 +251,20 @@ def _install_routes(app: FastAPI) -> None:
         request: Request,
         st: State,
         authorization: Annotated[str | None, Header()] = None,
+        x_session_token: Annotated[str | None, Header()] = None,
     ) -> Response:
-        """Answer a WebRTC offer (JSON ``{sdp, type}`` or WHIP-style ``application/sdp``)."""
+        """Answer a WebRTC offer (JSON ``{sdp, type}`` or WHIP-style ``application/sdp``).
+
+        A call continues an existing session when ``session_id`` is given (in
+        the JSON body or the query) with that session's token in
+        ``X-Session-Token``; otherwise it starts a new session, whose id and
+        token come back with the answer.
+        """
         _room_or_404(st, room_id)
         st.tokens.verify(bearer(authorization), room_id)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         raw = await request.body()
+        session_id = request.query_params.get("session_id")
         if ctype == "application/sdp":
             sdp, kind, whip = raw.decode("utf-8", "replace"), "offer", True
         elif ctype == "application/json":
@@ -237,18 +273,30 @@ def _install_routes(app: FastAPI) -> None:
             except ValueError as exc:
                 raise ApiError(400, "bad_sdp", "body must be JSON {sdp, type}") from exc
             sdp, kind, whip = body.sdp, body.type, False
+            session_id = body.session_id or session_id
         else:
             raise ApiError(415, "unsupported_media", "send application/json or application/sdp")
+        if session_id is not None:
+            st.tokens.verify_session(x_session_token, session_id)
         call, answer = await answer_offer(
-            st.calls, room_id, sdp, kind, st.settings.ice_servers, st.settings.output_rate
+            st.calls,
+            room_id,
+            sdp,
+            kind,
+            st.settings.ice_servers,
+            st.settings.output_rate,
+            session_id=session_id,
         )
         st.metrics.calls.labels("webrtc").inc()
         headers = {"X-Call-Id": call.id, "X-Session-Id": call.session.id}
+        if session_id is None:
+            headers["X-Session-Token"] = st.tokens.mint_session(call.session.id)[0]
         if whip:
             headers["Location"] = f"/v1/rooms/{room_id}/calls/{call.id}"
             return Response(answer.sdp, 201, headers=headers, media_type="application/sdp")
         return JSONResponse(
             {
+                "session_token": headers.get("X-Session-Token"),
                 "sdp": answer.sdp,
                 "type": answer.type,
                 "call_id": call.id,

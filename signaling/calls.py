@@ -20,6 +20,8 @@ from agent.config import AgentConfig
 from agent.events import AgentEvent, TranscriptEvent, VadEvent
 from agent.runtime import AgentModels
 from agent.session import EventSink, VoiceSession
+from signaling.recorder import SessionRecorder, messages_from_json
+from store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Call:
     started_at: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
     end_reason: str | None = None
+    recorder: SessionRecorder | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -89,9 +92,11 @@ class CallManager:
         *,
         max_calls: int,
         idle_timeout_s: float,
+        store: Store,
         sinks: list[EventSink] | None = None,
     ) -> None:
         self._models = models
+        self._store = store
         self._config = config
         self.max_calls = max_calls
         self.idle_timeout_s = idle_timeout_s
@@ -105,16 +110,33 @@ class CallManager:
         """Calls currently live."""
         return len(self._calls)
 
-    def calls(self, room_id: str | None = None) -> list[Call]:
-        """Live calls, optionally of one room."""
-        return [c for c in self._calls.values() if room_id is None or c.room_id == room_id]
+    def calls(self, room_id: str | None = None, session_id: str | None = None) -> list[Call]:
+        """Live calls, optionally of one room or of one session."""
+        return [
+            c
+            for c in self._calls.values()
+            if (room_id is None or c.room_id == room_id)
+            and (session_id is None or c.session.id == session_id)
+        ]
 
     def get(self, call_id: str) -> Call | None:
         """A live call by id."""
         return self._calls.get(call_id)
 
-    async def open(self, transport: str, *, room_id: str | None, output_rate: int) -> Call:
-        """Start a session for a new call; raises ``CallLimitError`` when full."""
+    async def open(
+        self,
+        transport: str,
+        *,
+        room_id: str | None,
+        output_rate: int,
+        session_id: str | None = None,
+    ) -> Call:
+        """Start a session for a new call; raises ``CallLimitError`` when full.
+
+        With ``session_id`` the call continues that session: its chat context
+        is loaded from the hot tier (or rebuilt from SQL), and its turns are
+        appended to the same history.
+        """
         if self._closing:
             raise CallLimitError("server is shutting down")
         if len(self._calls) + self._reserved >= self.max_calls:
@@ -131,13 +153,21 @@ class CallManager:
                 ):
                     holder[0].touch()
 
+            history = (
+                messages_from_json(await self._store.state.load(session_id)) if session_id else []
+            )
+            session_id = session_id or "ses_" + secrets.token_urlsafe(16)
+            recorder = SessionRecorder(self._store, session_id, transport)
             session = VoiceSession(
                 self._config,
                 self._models,
                 output_rate=output_rate,
-                sinks=[*self._sinks, activity],
+                sinks=[*self._sinks, recorder, activity],
+                session_id=session_id,
+                history=history,
             )
-            call = Call(call_id, room_id, transport, session)
+            recorder.bind_history(session.history)
+            call = Call(call_id, room_id, transport, session, recorder=recorder)
             holder.append(call)
             await session.start()
             self._calls[call_id] = call
@@ -167,6 +197,8 @@ class CallManager:
                 except Exception:
                     log.exception("call %s: transport clean-up failed", call.id)
             self._calls.pop(call.id, None)
+            if call.recorder is not None:
+                call.recorder.ended()
             call._ended.set()
             log.info("call %s ended (%s)", call.id, reason)
 

@@ -15,6 +15,7 @@ from signaling.rooms import RoomRegistry
 from signaling.settings import ServerSettings
 from signaling.textchat import TextChats
 from signaling.tokens import TokenService
+from store.store import Store
 
 
 class ApiError(Exception):
@@ -39,6 +40,7 @@ class AppState:
     calls: CallManager
     metrics: ServerMetrics
     chats: TextChats
+    store: Store
     started_at: float
 
 

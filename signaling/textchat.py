@@ -1,70 +1,72 @@
-"""Text chat with the same agent brain (prompt, LLM, history bounds) as the voice calls."""
+"""Text chat with the same agent brain (prompt, LLM, history bounds) as the voice calls.
+
+A text chat is a session like a call: its context comes from the store's hot
+tier (or is rebuilt from SQL), and its turns are written through the store's
+background writer, so text and voice can alternate in one session.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 from agent.config import AgentConfig
 from agent.history import ChatHistory
 from agent.runtime import AgentModels
-
-
-@dataclass(slots=True)
-class _Chat:
-    history: ChatHistory
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    touched: float = field(default_factory=time.monotonic)
+from signaling.recorder import messages_from_json, messages_to_json
+from store.repositories import TurnRecord
+from store.store import Store
+from store.writer import SessionStarted
 
 
 class TextChats:
-    """Text conversations by session id: bounded in number, expired after ``ttl_s`` idle."""
+    """Answers text turns of sessions; one turn at a time per session."""
 
     def __init__(
-        self, config: AgentConfig, models: AgentModels, max_chats: int = 1000, ttl_s: float = 3600
+        self, config: AgentConfig, models: AgentModels, store: Store, max_locks: int = 4096
     ) -> None:
         self._config = config
         self._models = models
-        self._chats: OrderedDict[str, _Chat] = OrderedDict()
-        self.max_chats = max_chats
-        self.ttl_s = ttl_s
+        self._store = store
+        self._locks: OrderedDict[str, asyncio.Lock] = OrderedDict()
+        self.max_locks = max_locks
 
-    def _get(self, session_id: str | None) -> tuple[str, _Chat]:
-        now = time.monotonic()
-        while self._chats:
-            oldest_id, oldest = next(iter(self._chats.items()))
-            if now - oldest.touched < self.ttl_s and len(self._chats) < self.max_chats:
-                break
-            del self._chats[oldest_id]
-        if session_id is not None:
-            if session_id not in self._chats:
-                raise LookupError("no such chat session")
-            chat = self._chats[session_id]
-            self._chats.move_to_end(session_id)
-        else:
-            session_id = "chat_" + secrets.token_urlsafe(12)
-            chat = _Chat(
-                ChatHistory(self._config.system_prompt, self._config.llm.max_history_turns)
-            )
-            self._chats[session_id] = chat
-        chat.touched = now
-        return session_id, chat
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+            while len(self._locks) > self.max_locks:
+                oldest, old_lock = next(iter(self._locks.items()))
+                if old_lock.locked():
+                    break
+                del self._locks[oldest]
+        self._locks.move_to_end(session_id)
+        return lock
 
     async def reply(self, text: str, session_id: str | None = None) -> tuple[str, str]:
         """The agent's reply to ``text``; returns ``(session_id, reply)``.
 
-        Raises ``LookupError`` for an unknown (or expired) ``session_id``.
+        Without ``session_id`` a new session is created.
         """
-        session_id, chat = self._get(session_id)
-        async with chat.lock:
-            chat.history.add_user(text)
-            pieces: list[str] = []
-            stream = self._models.llm.stream(chat.history.context(), self._config.llm.generation())
-            async for piece in stream:
-                pieces.append(piece)
+        if session_id is None:
+            session_id = "ses_" + secrets.token_urlsafe(16)
+        writer = self._store.writer
+        async with self._lock(session_id):
+            history = ChatHistory(self._config.system_prompt, self._config.llm.max_history_turns)
+            history.restore(messages_from_json(await self._store.state.load(session_id)))
+            writer.submit(SessionStarted(session_id, "text"))
+            turn_id = "text_" + secrets.token_hex(6)
+            history.add_user(text)
+            writer.submit(TurnRecord(session_id, turn_id, "user", text, stt_confidence=None))
+            pieces = [
+                p
+                async for p in self._models.llm.stream(
+                    history.context(), self._config.llm.generation()
+                )
+            ]
             reply = "".join(pieces).strip()
-            chat.history.add_assistant(reply)
+            history.add_assistant(reply)
+            writer.submit(TurnRecord(session_id, turn_id, "assistant", reply, heard_text=reply))
+            await self._store.state.save(session_id, messages_to_json(history.messages()))
         return session_id, reply

@@ -43,29 +43,51 @@ class TokenService:
         claims = {"iss": ISSUER, "sub": subject, "room": room_id, "iat": now, "exp": exp}
         return jwt.encode(claims, self._secret, algorithm="HS256"), exp
 
+    def mint_session(self, session_id: str, subject: str = "caller") -> tuple[str, int]:
+        """A token that owns ``session_id`` (read its history, attach calls and chats)."""
+        now = int(time.time())
+        exp = now + self.ttl_s
+        claims = {"iss": ISSUER, "sub": subject, "session": session_id, "iat": now, "exp": exp}
+        return jwt.encode(claims, self._secret, algorithm="HS256"), exp
+
+    def verify_session(self, token: str | None, session_id: str) -> None:
+        """Check a session token: 401 if missing, invalid or expired; 403 if not this session's."""
+        claims = self._decode(token)
+        if claims.get("session") != session_id:
+            raise TokenError("token is not valid for this session", 403)
+
+    def _decode(self, token: str | None) -> dict[str, object]:
+        if not token:
+            raise TokenError("missing bearer token", 401)
+        try:
+            claims: dict[str, object] = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenError("token expired", 401) from exc
+        except jwt.PyJWTError as exc:
+            raise TokenError("invalid token", 401) from exc
+        return claims
+
     def verify(self, token: str | None, room_id: str) -> Grant:
         """Check a token for ``room_id``.
 
         Raises ``TokenError`` 401 if it is missing, invalid or expired, 403 if
         it belongs to another room.
         """
-        if not token:
-            raise TokenError("missing bearer token", 401)
-        try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=["HS256"],
-                issuer=ISSUER,
-                options={"require": ["exp", "iat", "room", "sub"]},
-            )
-        except jwt.ExpiredSignatureError as exc:
-            raise TokenError("token expired", 401) from exc
-        except jwt.PyJWTError as exc:
-            raise TokenError("invalid token", 401) from exc
+        claims = self._decode(token)
         if claims.get("room") != room_id:
             raise TokenError("token is not valid for this room", 403)
-        return Grant(room_id=room_id, subject=str(claims["sub"]), expires_at=int(claims["exp"]))
+        exp = claims["exp"]
+        return Grant(
+            room_id=room_id,
+            subject=str(claims["sub"]),
+            expires_at=int(exp) if isinstance(exp, int | float | str) else 0,
+        )
 
 
 def bearer(authorization: str | None) -> str | None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
@@ -13,6 +13,7 @@ from media.decode import decode_audio
 from media.frames import AudioFrame, int16_to_float
 from media.wav import wav_bytes
 from signaling.state import ApiError, State
+from signaling.tokens import bearer
 
 router = APIRouter(prefix="/v1")
 
@@ -33,13 +34,22 @@ class TtsIn(BaseModel):
 
 
 @router.post("/chat/text")
-async def chat_text(body: ChatIn, st: State) -> dict[str, Any]:
-    """One text turn with the agent; pass the returned ``session_id`` to continue."""
-    try:
+async def chat_text(
+    body: ChatIn, st: State, authorization: Annotated[str | None, Header()] = None
+) -> dict[str, Any]:
+    """One text turn with the agent.
+
+    Without ``session_id`` a new session starts and its token is returned;
+    to continue a session (text or voice), pass its id and its token as Bearer.
+    """
+    token: str | None = None
+    if body.session_id is not None:
+        st.tokens.verify_session(bearer(authorization), body.session_id)
         session_id, reply = await st.chats.reply(body.text, body.session_id)
-    except LookupError as exc:
-        raise ApiError(404, "session_not_found", "no such chat session") from exc
-    return {"session_id": session_id, "reply": reply}
+    else:
+        session_id, reply = await st.chats.reply(body.text)
+        token = st.tokens.mint_session(session_id)[0]
+    return {"session_id": session_id, "session_token": token, "reply": reply}
 
 
 @router.post("/voice/stt")

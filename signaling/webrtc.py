@@ -62,6 +62,8 @@ async def answer_offer(
     kind: str,
     ice_servers: list[IceServer],
     output_rate: int,
+    *,
+    session_id: str | None = None,
 ) -> tuple[Call, RTCSessionDescription]:
     """Create the agent's peer for an offer; returns the call and the SDP answer.
 
@@ -74,7 +76,9 @@ async def answer_offer(
     pc = RTCPeerConnection(config)
     call: Call | None = None
     try:
-        call = await manager.open("webrtc", room_id=room_id, output_rate=output_rate)
+        call = await manager.open(
+            "webrtc", room_id=room_id, output_rate=output_rate, session_id=session_id
+        )
         _wire(manager, call, pc)
         pc.addTrack(PlayoutTrack(call.session.playout))
         try:

@@ -1,10 +1,13 @@
 """``/v1/ws/voice``: a call over a plain WebSocket.
 
 Connect with ``?room=ROOM_ID&token=JOIN_TOKEN`` (or an ``Authorization:
-Bearer`` header). In: binary messages of 16-bit little-endian mono PCM at
-16 kHz (any length), and JSON text messages ``{"type": "text", "text": ...}``
-or ``{"type": "hangup"}``. Out: JSON session events as text messages, and the
-agent's voice as binary 16 kHz PCM in 20 ms frames, paced in real time and
+Bearer`` header); add ``&session=SESSION_ID&session_token=...`` to continue a
+session. The first message out is ``{"type": "session", "session_id": ...,
+"call_id": ...}`` (with a ``session_token`` when a new session started).
+
+In: binary messages of 16-bit little-endian mono PCM at 16 kHz (any length),
+and JSON text messages ``{"type": "text", "text": ...}`` or ``{"type": "hangup"}``.
+Out: JSON session events as text messages, and the agent's voice as binary 16 kHz PCM in 20 ms frames, paced in real time and
 sent only while the agent speaks (barge-in simply stops them).
 
 Refusals close the socket after one JSON error with code 4401 (no or bad
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -59,13 +63,26 @@ async def voice_socket(ws: WebSocket) -> None:
     except TokenError as exc:
         await _refuse(ws, 4401 if exc.status == 401 else 4403, "auth", str(exc))
         return
+    session_id = ws.query_params.get("session") or None
+    if session_id is not None:
+        try:
+            st.tokens.verify_session(ws.query_params.get("session_token"), session_id)
+        except TokenError as exc:
+            await _refuse(ws, 4401 if exc.status == 401 else 4403, "auth", str(exc))
+            return
     try:
-        call = await st.calls.open("websocket", room_id=room_id, output_rate=PIPELINE_RATE)
+        call = await st.calls.open(
+            "websocket", room_id=room_id, output_rate=PIPELINE_RATE, session_id=session_id
+        )
     except CallLimitError as exc:
         await _refuse(ws, 4503, "capacity", str(exc))
         return
     st.metrics.calls.labels("websocket").inc()
     await ws.accept()
+    hello: dict[str, Any] = {"type": "session", "session_id": call.session.id, "call_id": call.id}
+    if session_id is None:
+        hello["session_token"] = st.tokens.mint_session(call.session.id)[0]
+    await ws.send_text(json.dumps(hello))
 
     async def close_socket() -> None:
         with contextlib.suppress(Exception):

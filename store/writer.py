@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class SessionStarted:
+    """Create the session row if missing; record the transport of its new call."""
+
+    session_id: str
+    transport: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionEnded:
     """Mark a session ended."""
 
@@ -44,7 +52,7 @@ class SessionErrored:
     session_id: str
 
 
-WriteOp = TurnRecord | SessionEnded | SessionErrored
+WriteOp = TurnRecord | SessionStarted | SessionEnded | SessionErrored
 
 ContextSaver = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
 
@@ -162,6 +170,9 @@ class TurnWriter:
     async def _apply(self, op: WriteOp) -> None:
         if isinstance(op, TurnRecord):
             await self._repo.add_turn(op)
+        elif isinstance(op, SessionStarted):
+            await self._repo.create(op.session_id, op.transport)
+            await self._repo.set_transport(op.session_id, op.transport)
         elif isinstance(op, SessionEnded):
             await self._repo.end(op.session_id, op.status)
         else:

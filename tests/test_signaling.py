@@ -132,13 +132,15 @@ async def test_chat_text_keeps_a_conversation(client: httpx.AsyncClient) -> None
     r = await client.post("/v1/chat/text", json={"text": "Hello, my name is Ada."})
     assert r.status_code == 200
     first = r.json()
-    assert first["reply"] and first["session_id"].startswith("chat_")
-    r = await client.post(
-        "/v1/chat/text", json={"text": "What did I just say?", "session_id": first["session_id"]}
-    )
+    assert first["reply"] and first["session_id"].startswith("ses_") and first["session_token"]
+    own = {"Authorization": f"Bearer {first['session_token']}"}
+    follow_up = {"text": "What did I just say?", "session_id": first["session_id"]}
+    r = await client.post("/v1/chat/text", json=follow_up, headers=own)
     assert r.status_code == 200 and r.json()["session_id"] == first["session_id"]
-    r = await client.post("/v1/chat/text", json={"text": "hi", "session_id": "chat_unknown"})
-    assert r.status_code == 404
+    assert (await client.post("/v1/chat/text", json=follow_up)).status_code == 401
+    other = (await client.post("/v1/chat/text", json={"text": "Hi."})).json()
+    theirs = {"Authorization": f"Bearer {other['session_token']}"}
+    assert (await client.post("/v1/chat/text", json=follow_up, headers=theirs)).status_code == 403
     assert (await client.post("/v1/chat/text", json={"text": ""})).status_code == 422
 
 

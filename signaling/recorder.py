@@ -1,0 +1,109 @@
+"""Turns a session's events into durable store writes (never blocking the call)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from agent.events import (
+    AgentEvent,
+    ErrorEvent,
+    MetricsEvent,
+    ReplyEvent,
+    TranscriptEvent,
+)
+from agent.history import ChatHistory
+from agent.llm import ChatMessage
+from store.repositories import TurnRecord
+from store.store import Store
+from store.writer import SessionEnded, SessionErrored, SessionStarted
+
+_LATENCY_FIELDS = (
+    "voice_to_voice_ms",
+    "end_of_turn_ms",
+    "stt_final_ms",
+    "stt_wait_ms",
+    "llm_first_token_ms",
+    "tts_first_audio_ms",
+    "reply_first_audio_ms",
+)
+
+
+def messages_to_json(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Chat messages as the store keeps them."""
+    return [{"role": m.role, "content": m.content, "interrupted": m.interrupted} for m in messages]
+
+
+def messages_from_json(data: list[dict[str, Any]]) -> list[ChatMessage]:
+    """Chat messages from the store's JSON (unknown roles are skipped)."""
+    out: list[ChatMessage] = []
+    for m in data:
+        role = m.get("role")
+        if role in ("user", "assistant") and isinstance(m.get("content"), str):
+            out.append(ChatMessage(role, m["content"], bool(m.get("interrupted", False))))
+    return out
+
+
+class SessionRecorder:
+    """An event sink per session: user turns on final transcripts, agent turns on metrics.
+
+    The agent's turn is written when its metrics arrive (right after the
+    reply event), so the row carries the heard text, the interrupted flag
+    and every stage's latency together.
+    """
+
+    def __init__(self, store: Store, session_id: str, transport: str) -> None:
+        self._store = store
+        self.session_id = session_id
+        self._pending: dict[str, ReplyEvent] = {}
+        self._history: ChatHistory | None = None
+        store.writer.submit(SessionStarted(session_id, transport))
+
+    def bind_history(self, history: ChatHistory) -> None:
+        """Give the recorder the session's ``ChatHistory`` to save as its context."""
+        self._history = history
+
+    def __call__(self, event: AgentEvent) -> None:
+        writer = self._store.writer
+        if isinstance(event, TranscriptEvent) and event.final:
+            writer.submit(
+                TurnRecord(
+                    session_id=self.session_id,
+                    turn_id=event.turn_id,
+                    role="user",
+                    text=event.text,
+                    stt_confidence=event.confidence,
+                    started_at=_ts(event.at),
+                )
+            )
+        elif isinstance(event, ReplyEvent):
+            self._pending[event.turn_id] = event
+        elif isinstance(event, MetricsEvent):
+            reply = self._pending.pop(event.turn_id, None)
+            if reply is None:
+                return
+            writer.submit(
+                TurnRecord(
+                    session_id=self.session_id,
+                    turn_id=reply.turn_id,
+                    role="assistant",
+                    text=reply.text,
+                    heard_text=reply.heard_text,
+                    interrupted=reply.interrupted,
+                    latencies={k: getattr(event, k) for k in _LATENCY_FIELDS},
+                    started_at=_ts(reply.at),
+                    ended_at=_ts(event.at),
+                )
+            )
+            if self._history is not None:
+                writer.save_context(self.session_id, messages_to_json(self._history.messages()))
+        elif isinstance(event, ErrorEvent):
+            writer.submit(SessionErrored(self.session_id))
+
+    def ended(self) -> None:
+        """The call is over."""
+        self._store.writer.submit(SessionEnded(self.session_id))
+
+
+def _ts(unix: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(unix, dt.UTC)
