@@ -7,8 +7,9 @@ session. The first message out is ``{"type": "session", "session_id": ...,
 
 In: binary messages of 16-bit little-endian mono PCM at 16 kHz (any length),
 and JSON text messages ``{"type": "text", "text": ...}`` or ``{"type": "hangup"}``.
-Out: JSON session events as text messages, and the agent's voice as binary 16 kHz PCM in 20 ms frames, paced in real time and
-sent only while the agent speaks (barge-in simply stops them).
+Out: JSON session events as text messages, and the agent's voice as binary
+16 kHz PCM in 20 ms frames, paced in real time and sent only while the agent
+speaks (barge-in simply stops them).
 
 Refusals close the socket after one JSON error with code 4401 (no or bad
 token), 4403 (another room's token), 4404 (no such room) or 4503 (too many

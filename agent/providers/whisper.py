@@ -380,13 +380,15 @@ class WhisperSTT:
         """Clean the decoded text; with ``strict``, also say why it must be redone.
 
         Returns ``(text, reason)``: ``reason`` is None when the result is
-        good, else one of ``no_eot``, ``repetition``, ``compression``,
-        ``logprob``.
+        good, else one of ``no_speech``, ``no_eot``, ``repetition``,
+        ``compression``, ``logprob``.
         """
         s = self.settings
         raw = self._tokenizer.decode([t for t in decoded.tokens if t < self._eot])
         if decoded.no_speech_prob > s.no_speech_threshold and decoded.avg_logprob < -1.0:
-            return "", None
+            # The spliced short encoding reads as "no speech" more often than a
+            # real 30 s window does: let the padded path confirm the silence.
+            return "", ("no_speech" if strict else None)
         text = clean_text(raw)
         trimmed, repeated = trim_repeats(text)
         reason: str | None = None
