@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from store.db import make_engine, migrate
+from store.db import ensure_schema, make_engine, migrate
 from store.settings import StoreSettings
 
 
@@ -14,7 +14,11 @@ async def _migrate() -> None:
     settings = StoreSettings()
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.sqlalchemy_url())
+    args: dict[str, object] = {}
+    if settings.db_schema and not settings.embedded:
+        await ensure_schema(settings.sqlalchemy_url(), settings.db_schema)
+        args["server_settings"] = {"search_path": settings.db_schema}
+    engine = make_engine(settings.sqlalchemy_url(), connect_args=args)
     try:
         await migrate(engine)
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,16 @@ def make_engine(url: str, *, connect_args: dict[str, object] | None = None) -> A
         pool_timeout=5,
         connect_args=connect_args or {},
     )
+
+
+async def ensure_schema(url: str, schema: str) -> None:
+    """Create a PostgreSQL schema if it does not exist (the name is validated by settings)."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    finally:
+        await engine.dispose()
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]

@@ -27,6 +27,8 @@ class StoreSettings(BaseSettings):
     cache_ttl_s: int = Field(24 * 3600, alias="PARLEY_CACHE_TTL_S", ge=1)
     hot_cache_entries: int = Field(10_000, alias="PARLEY_HOT_CACHE_ENTRIES", ge=16)
     key_prefix: str = Field("parley:", alias="PARLEY_REDIS_PREFIX")
+    db_schema: str | None = Field(None, alias="PARLEY_DB_SCHEMA", pattern=r"^[a-z_][a-z0-9_]*$")
+    """PostgreSQL schema to use (created if missing); default: the server's search path."""
     auto_migrate: bool | None = Field(None, alias="PARLEY_AUTO_MIGRATE")
     """None: migrate automatically in embedded mode (SQLite) only."""
 

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from store.cache import HotCache, MemoryCache, RedisCache
-from store.db import make_engine, migrate, sessionmaker
+from store.db import ensure_schema, make_engine, migrate, sessionmaker
 from store.phrases import PhraseAudioCache
 from store.repositories import CacheRepository, SessionRepository, TtsAudioRepository
 from store.session_state import SessionStateStore
@@ -46,7 +46,11 @@ class Store:
         settings = settings or StoreSettings()
         if settings.embedded:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.sqlalchemy_url(), connect_args=engine_args)
+        args = dict(engine_args or {})
+        if settings.db_schema and not settings.embedded:
+            args["server_settings"] = {"search_path": settings.db_schema}
+            await ensure_schema(settings.sqlalchemy_url(), settings.db_schema)
+        engine = make_engine(settings.sqlalchemy_url(), connect_args=args)
         if migrate_schema if migrate_schema is not None else settings.should_migrate():
             await migrate(engine)
         db = sessionmaker(engine)

@@ -23,3 +23,13 @@ def models(agent_config: AgentConfig) -> Iterator[AgentModels]:
     loaded = AgentModels.load(agent_config)
     yield loaded
     loaded.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which store backends the run really used."""
+    from tests.backends import RESULTS
+
+    if RESULTS:
+        terminalreporter.section("store backends")
+        for backend, what in sorted(RESULTS.items()):
+            terminalreporter.write_line(f"{backend}: {what}")

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 
 from agent.runtime import AgentModels
 from signaling.app import create_app
 from signaling.settings import ServerSettings
+from store.settings import StoreSettings
 
 TEST_SECRET = "test-secret-0123456789abcdef-0123456789"
 
@@ -27,11 +30,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(models: AgentModels, **settings: object) -> Iterator[str]:
-    """Serve the app with shared ``models``; yields its base URL."""
+def running_server(
+    models: AgentModels, store: StoreSettings | None = None, **settings: object
+) -> Iterator[str]:
+    """Serve the app with shared ``models``; yields its base URL.
+
+    The store defaults to a fresh embedded one (SQLite in a temp directory).
+    """
     port = free_port()
     cfg = ServerSettings(host="127.0.0.1", port=port, jwt_secret=TEST_SECRET, **settings)  # type: ignore[arg-type]
-    app = create_app(cfg, models=models)
+    tmp = None
+    if store is None:
+        tmp = tempfile.TemporaryDirectory(prefix="parley-store-")
+        store = StoreSettings(PARLEY_DATA_DIR=Path(tmp.name), DATABASE_URL=None, REDIS_URL=None)
+    app = create_app(cfg, models=models, store_settings=store)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -47,3 +59,5 @@ def running_server(models: AgentModels, **settings: object) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        if tmp is not None:
+            tmp.cleanup()

@@ -1,0 +1,102 @@
+"""Store backends for tests: PostgreSQL + Redis (CI has both) and SQLite + in-process cache.
+
+The server backends are used where 127.0.0.1:5432 / 6379 answer. Where they
+do not, those tests are skipped with the reason shown in the summary; in CI
+(``CI`` set) they fail instead, so a CI run can never pass without them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+
+import pytest
+
+from store.settings import StoreSettings
+
+PG_HOST, PG_PORT, PG_DB = "127.0.0.1", 5432, "test"
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+SERVER_BACKEND = "postgres+redis"
+EMBEDDED_BACKEND = "sqlite+memory"
+BACKENDS = [SERVER_BACKEND, EMBEDDED_BACKEND]
+
+RESULTS: dict[str, str] = {}
+"""What each backend did in this run (printed in the terminal summary)."""
+
+
+def reachable(host: str, port: int) -> bool:
+    """Whether a TCP server answers."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_servers() -> None:
+    """Skip (fail in CI) when PostgreSQL or Redis is not reachable."""
+    missing = [
+        name
+        for name, (h, p) in {
+            "PostgreSQL": (PG_HOST, PG_PORT),
+            "Redis": (REDIS_HOST, REDIS_PORT),
+        }.items()
+        if not reachable(h, p)
+    ]
+    if not missing:
+        RESULTS[SERVER_BACKEND] = (
+            "ran against PostgreSQL 127.0.0.1:5432/test + Redis 127.0.0.1:6379"
+        )
+        return
+    reason = f"{' and '.join(missing)} not reachable on 127.0.0.1"
+    RESULTS[SERVER_BACKEND] = f"SKIPPED: {reason}"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must test the server backends: {reason}")
+    pytest.skip(reason)
+
+
+def store_settings(
+    backend: str,
+    data_dir: Path,
+    *,
+    pg_port: int = PG_PORT,
+    redis_port: int = REDIS_PORT,
+    schema: str | None = None,
+    prefix: str | None = None,
+) -> StoreSettings:
+    """Settings of a fresh, isolated store on ``backend``.
+
+    PostgreSQL gets its own schema and Redis its own key prefix, so runs never
+    see each other's data (pass ``schema``/``prefix`` to share them between
+    two app instances).
+    """
+    if backend == SERVER_BACKEND:
+        require_servers()
+        run = secrets.token_hex(4)
+        return StoreSettings(
+            DATABASE_URL=f"postgresql://postgres@127.0.0.1:{pg_port}/{PG_DB}",
+            REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+            PARLEY_DB_SCHEMA=schema or f"t_{run}",
+            PARLEY_REDIS_PREFIX=prefix or f"parley-test-{run}:",
+            PARLEY_AUTO_MIGRATE=True,
+            PARLEY_DATA_DIR=data_dir,
+        )
+    RESULTS.setdefault(EMBEDDED_BACKEND, f"ran against SQLite files under {data_dir.parent}")
+    return StoreSettings(PARLEY_DATA_DIR=data_dir, DATABASE_URL=None, REDIS_URL=None)
+
+
+async def drop_schema(settings: StoreSettings) -> None:
+    """Remove a test schema (PostgreSQL only)."""
+    if settings.embedded or not settings.db_schema:
+        return
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(settings.sqlalchemy_url())
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE'))
+    finally:
+        await engine.dispose()

@@ -1,0 +1,227 @@
+"""The store on both backends: PostgreSQL + Redis, and SQLite + the in-process cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.phrase_cache import CachedTTS
+from store.cache import MemoryCache, RedisCache
+from store.keys import normalize_key
+from store.repositories import TurnRecord
+from store.settings import StoreSettings
+from store.store import Store
+from tests.backends import BACKENDS, SERVER_BACKEND, drop_schema, store_settings
+from tests.proxy import TcpProxy
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+async def settings(backend: str, tmp_path: Path) -> AsyncIterator[StoreSettings]:
+    s = store_settings(backend, tmp_path / "data")
+    yield s
+    await drop_schema(s)
+
+
+@pytest.fixture
+async def store(settings: StoreSettings) -> AsyncIterator[Store]:
+    st = await Store.open(settings)
+    yield st
+    await st.close()
+
+
+def test_key_normalization() -> None:
+    assert normalize_key("Play ShaPE _oF-You") == normalize_key("play shape of you song")
+    assert normalize_key("Could you play Beyoncé, please?") == "play beyonce"
+    assert normalize_key("  PLAY   the   Wall!! ") == "play the wall"
+    assert normalize_key("Play Shape of You") != normalize_key("Play Shape of Me")
+
+
+async def test_turns_roundtrip_with_interruption(store: Store, backend: str) -> None:
+    assert store.describe()["sql"] == ("postgresql" if backend == SERVER_BACKEND else "sqlite")
+    await store.sessions.create("ses_a", "webrtc")
+    w = store.writer
+    w.submit(TurnRecord("ses_a", "turn_1", "user", "What is the capital?", stt_confidence=0.8))
+    w.submit(
+        TurnRecord(
+            "ses_a",
+            "turn_1",
+            "assistant",
+            "Paris is the capital of France.",
+            heard_text="Paris is the",
+            interrupted=True,
+            latencies={"voice_to_voice_ms": 812.0},
+        )
+    )
+    w.submit(TurnRecord("ses_a", "turn_2", "user", "Thanks", stt_confidence=0.6))
+    w.submit(TurnRecord("ses_a", "turn_2", "user", "Thanks", stt_confidence=0.6))  # re-delivery
+    assert await w.flush()
+    turns = await store.sessions.turns("ses_a")
+    assert [(t.seq, t.role, t.interrupted) for t in turns] == [
+        (1, "user", False),
+        (2, "assistant", True),
+        (3, "user", False),
+    ]
+    assert turns[1].heard_text == "Paris is the"
+    assert turns[1].latencies == {"voice_to_voice_ms": 812.0}
+    row = await store.sessions.get("ses_a")
+    assert row is not None and row.turn_count == 2
+    assert row.avg_stt_confidence == pytest.approx(0.7)
+    await store.sessions.end("ses_a")
+    row = await store.sessions.get("ses_a")
+    assert row is not None and row.status == "ended" and row.ended_at is not None
+    assert await store.sessions.delete("ses_a")
+    assert await store.sessions.turns("ses_a") == []
+
+
+async def test_tiered_cache_tiers_and_normalized_keys(store: Store) -> None:
+    calls = 0
+
+    async def source() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return {"uri": "track:42"}
+
+    cache = store.cache
+    assert await cache.get_or_load("music", "Play ShaPE _oF-You", source) == {"uri": "track:42"}
+    assert await cache.get_or_load("music", "play shape of you song", source) == {"uri": "track:42"}
+    assert calls == 1 and cache.stats.hot_hits == 1
+    # the hot tier loses the key: the SQL tier answers and refills it
+    await store.hot.delete(cache.key("music", "play shape of you"))
+    assert await cache.get("music", "PLAY shape of you") == {"uri": "track:42"}
+    assert cache.stats.sql_hits == 1
+    assert await cache.get("music", "play shape of you") == {"uri": "track:42"}
+    assert cache.stats.hot_hits == 2 and calls == 1
+    assert await cache.get("music", "something else") is None
+
+
+async def test_hot_tier_ttl(store: Store) -> None:
+    await store.hot.set("ttl-key", b"v", 0.2)
+    assert await store.hot.get("ttl-key") == b"v"
+    await asyncio.sleep(0.35)
+    assert await store.hot.get("ttl-key") is None
+
+
+def test_memory_cache_is_a_bounded_lru() -> None:
+    async def run() -> None:
+        lru = MemoryCache(max_entries=3)
+        for k in "abc":
+            await lru.set(k, k.encode(), None)
+        assert await lru.get("a") == b"a"  # a is now most recent
+        await lru.set("d", b"d", None)
+        assert await lru.get("b") is None and len(lru) == 3
+
+    asyncio.run(run())
+
+
+async def test_session_resumes_in_a_second_instance(settings: StoreSettings, backend: str) -> None:
+    first = await Store.open(settings)
+    await first.sessions.create("ses_r", "websocket")
+    first.writer.submit(TurnRecord("ses_r", "t1", "user", "My name is Ada."))
+    first.writer.submit(
+        TurnRecord(
+            "ses_r",
+            "t1",
+            "assistant",
+            "Hello Ada, nice to meet you.",
+            heard_text="Hello Ada",
+            interrupted=True,
+        )
+    )
+    context = [
+        {"role": "user", "content": "My name is Ada.", "interrupted": False},
+        {"role": "assistant", "content": "Hello Ada", "interrupted": True},
+    ]
+    first.writer.save_context("ses_r", context)
+    assert await first.writer.flush()
+    await first.close()
+    second = await Store.open(settings)
+    try:
+        # Redis shares the hot context; without Redis it is rebuilt from SQL turns.
+        assert await second.state.load("ses_r") == context
+    finally:
+        await second.close()
+
+
+async def test_phrase_cache_serves_the_same_audio(store: Store) -> None:
+    class Tone:
+        sample_rate = 22050
+        voice = "tone"
+        calls = 0
+
+        async def stream(self, text: str) -> AsyncIterator[np.ndarray]:
+            self.calls += 1
+            yield np.arange(len(text) * 100, dtype=np.int16)
+
+    inner = Tone()
+    tts = CachedTTS(inner, store.phrases)  # type: ignore[arg-type]
+    first = [p async for p in tts.stream("Welcome back!")]
+    again = [p async for p in tts.stream("Welcome back!")]
+    assert inner.calls == 1 and tts.hits == 1
+    assert np.array_equal(np.concatenate(first), np.concatenate(again))
+    long_text = "x" * 500
+    _ = [p async for p in tts.stream(long_text)]
+    _ = [p async for p in tts.stream(long_text)]
+    assert inner.calls == 3  # long phrases are not cached
+
+
+async def test_redis_outage_degrades_to_sql(backend: str, tmp_path: Path) -> None:
+    if backend != SERVER_BACKEND:
+        pytest.skip("the embedded in-process cache cannot go away")
+    proxy = TcpProxy("127.0.0.1", 6379)
+    await proxy.start()
+    settings = store_settings(backend, tmp_path / "d", redis_port=proxy.port)
+    store = await Store.open(settings)
+    try:
+        assert isinstance(store.hot, RedisCache)
+        await store.cache.put("music", "play abba", {"uri": "abba"})
+        proxy.cut()
+        t0 = time.monotonic()
+        assert await store.cache.get("music", "Play ABBA!") == {"uri": "abba"}  # from SQL
+        assert time.monotonic() - t0 < 3.0
+        assert store.cache.stats.sql_hits == 1 and store.hot.errors > 0
+        await store.cache.put("music", "play queen", {"uri": "queen"})  # SQL still takes writes
+        proxy.restore()
+        assert await store.cache.get("music", "play queen") == {"uri": "queen"}
+        assert await store.hot.get(store.cache.key("music", "play queen")) is not None
+    finally:
+        proxy.restore()
+        await store.close()
+        await drop_schema(settings)
+        await proxy.close()
+
+
+async def test_database_outage_loses_no_turn(backend: str, tmp_path: Path) -> None:
+    if backend != SERVER_BACKEND:
+        pytest.skip("an embedded SQLite file cannot go away")
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    settings = store_settings(backend, tmp_path / "d", pg_port=proxy.port)
+    store = await Store.open(settings)
+    try:
+        await store.sessions.create("ses_d", "webrtc")
+        proxy.cut()
+        for i in range(5):
+            assert store.writer.submit(TurnRecord("ses_d", f"t{i}", "user", f"words {i}"))
+        assert not await store.writer.flush(1.5)  # the database is away: nothing applied
+        assert store.writer.pending == 5 and store.writer.retries > 0
+        proxy.restore()
+        assert await store.writer.flush(30)
+        turns = await store.sessions.turns("ses_d")
+        assert [t.text for t in turns] == [f"words {i}" for i in range(5)]
+    finally:
+        proxy.restore()
+        await store.close()
+        await drop_schema(settings)
+        await proxy.close()
