@@ -16,7 +16,7 @@ from agent.history import ChatHistory
 from agent.llm import ChatMessage
 from store.repositories import TurnRecord
 from store.store import Store
-from store.writer import SessionEnded, SessionErrored, SessionStarted
+from store.writer import InteractionLogged, SessionEnded, SessionErrored, SessionStarted
 
 _LATENCY_FIELDS = (
     "voice_to_voice_ms",
@@ -56,6 +56,7 @@ class SessionRecorder:
         self._store = store
         self.session_id = session_id
         self._pending: dict[str, ReplyEvent] = {}
+        self._inputs: dict[str, str] = {}
         self._history: ChatHistory | None = None
         store.writer.submit(SessionStarted(session_id, transport))
 
@@ -66,6 +67,7 @@ class SessionRecorder:
     def __call__(self, event: AgentEvent) -> None:
         writer = self._store.writer
         if isinstance(event, TranscriptEvent) and event.final:
+            self._inputs[event.turn_id] = event.text
             writer.submit(
                 TurnRecord(
                     session_id=self.session_id,
@@ -95,6 +97,10 @@ class SessionRecorder:
                     ended_at=_ts(event.at),
                 )
             )
+            user_input = self._inputs.pop(reply.turn_id, None)
+            if user_input is not None:
+                action = "reply_interrupted" if reply.interrupted else "reply"
+                writer.submit(InteractionLogged(self.session_id, user_input, reply.text, action))
             if self._history is not None:
                 writer.save_context(self.session_id, messages_to_json(self._history.messages()))
         elif isinstance(event, ErrorEvent):

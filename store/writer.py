@@ -46,13 +46,23 @@ class SessionEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class InteractionLogged:
+    """What the agent made of one user input."""
+
+    session_id: str
+    user_input: str
+    raw_llm_output: str
+    final_action: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionErrored:
     """Count a failed stage of a session."""
 
     session_id: str
 
 
-WriteOp = TurnRecord | SessionStarted | SessionEnded | SessionErrored
+WriteOp = TurnRecord | SessionStarted | SessionEnded | SessionErrored | InteractionLogged
 
 ContextSaver = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
 
@@ -175,6 +185,10 @@ class TurnWriter:
             await self._repo.set_transport(op.session_id, op.transport)
         elif isinstance(op, SessionEnded):
             await self._repo.end(op.session_id, op.status)
+        elif isinstance(op, InteractionLogged):
+            await self._repo.log_interaction(
+                op.session_id, op.user_input, op.raw_llm_output, op.final_action
+            )
         else:
             await self._repo.add_error(op.session_id)
 

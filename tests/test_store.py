@@ -225,3 +225,19 @@ async def test_database_outage_loses_no_turn(backend: str, tmp_path: Path) -> No
         await store.close()
         await drop_schema(settings)
         await proxy.close()
+
+
+async def test_interaction_log_is_written(store: Store) -> None:
+    from sqlalchemy import select
+
+    from store.models import InteractionLog
+    from store.writer import InteractionLogged
+
+    await store.sessions.create("ses_i", "text")
+    store.writer.submit(InteractionLogged("ses_i", "play abba", "Playing ABBA now.", "reply"))
+    assert await store.writer.flush()
+    async with store.db() as db:
+        rows = list(await db.scalars(select(InteractionLog)))
+    assert [(r.user_input, r.raw_llm_output, r.final_action) for r in rows] == [
+        ("play abba", "Playing ABBA now.", "reply")
+    ]
