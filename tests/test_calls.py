@@ -195,3 +195,25 @@ async def test_websocket_refusals_and_capacity(base_url: str, client: httpx.Asyn
         deleted = (await client.delete(f"/v1/rooms/{r['id']}", headers=auth)).json()
         assert deleted["calls_ended"] == 2
     assert (await client.get("/health")).json()["active_calls"] == 0
+
+
+async def test_silent_caller_is_hung_up_after_idle_timeout(models: AgentModels) -> None:
+    with running_server(models, idle_timeout_s=1.0) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            r = await room(client)
+            url = base.replace("http", "ws") + f"/v1/ws/voice?room={r['id']}&token={r['token']}"
+            async with websockets.connect(url) as ws:
+                started = time.monotonic()
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:  # silence only: the caller never speaks
+                        await ws.send(np.zeros(320, "<i2").tobytes())
+                        await asyncio.sleep(0.02)
+                        while True:
+                            try:
+                                await asyncio.wait_for(ws.recv(), 0.001)
+                            except TimeoutError:
+                                break
+                assert closed.value.rcvd is not None
+                assert closed.value.rcvd.reason == "idle timeout"
+                assert 0.9 < time.monotonic() - started < 5.0
+            assert (await client.get("/health")).json()["active_calls"] == 0
