@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -197,6 +198,16 @@ async def test_websocket_refusals_and_capacity(base_url: str, client: httpx.Asyn
     assert (await client.get("/health")).json()["active_calls"] == 0
 
 
+async def send_silence_forever(ws: Any) -> None:
+    """Send 20 ms of silence at a time (draining what arrives) until the socket closes."""
+    while True:
+        await ws.send(np.zeros(320, "<i2").tobytes())
+        await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                await asyncio.wait_for(ws.recv(), 0.001)
+
+
 async def test_silent_caller_is_hung_up_after_idle_timeout(models: AgentModels) -> None:
     with running_server(models, idle_timeout_s=1.0) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -205,14 +216,7 @@ async def test_silent_caller_is_hung_up_after_idle_timeout(models: AgentModels) 
             async with websockets.connect(url) as ws:
                 started = time.monotonic()
                 with pytest.raises(websockets.ConnectionClosed) as closed:
-                    while True:  # silence only: the caller never speaks
-                        await ws.send(np.zeros(320, "<i2").tobytes())
-                        await asyncio.sleep(0.02)
-                        while True:
-                            try:
-                                await asyncio.wait_for(ws.recv(), 0.001)
-                            except TimeoutError:
-                                break
+                    await send_silence_forever(ws)
                 assert closed.value.rcvd is not None
                 assert closed.value.rcvd.reason == "idle timeout"
                 assert 0.9 < time.monotonic() - started < 5.0
