@@ -15,6 +15,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from agent.config import AgentConfig
 from agent.errors import AgentError, ProviderError
@@ -184,6 +185,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProviderError)
     async def provider_error(_: Request, exc: ProviderError) -> JSONResponse:
         return err(503 if exc.retryable else 502, "provider_error", str(exc))
+
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(ConnectionError)  # asyncpg's own, raised while connecting
+    async def store_error(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("store unavailable: %s", type(exc).__name__)
+        resp = err(503, "store_unavailable", "the session store is unavailable; retry later")
+        resp.headers["Retry-After"] = "5"
+        return resp
 
     @app.exception_handler(AgentError)
     async def agent_error(_: Request, exc: AgentError) -> JSONResponse:

@@ -37,13 +37,15 @@ def make_engine(url: str, *, connect_args: dict[str, object] | None = None) -> A
             cur.close()
 
         return engine
+    # Short connect and command time-outs: a database that went away must fail
+    # fast (the writer retries), never hang a request or the health check.
     return create_async_engine(
         url,
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=5,
         pool_timeout=5,
-        connect_args=connect_args or {},
+        connect_args={"timeout": 5, "command_timeout": 15, **(connect_args or {})},
     )
 
 

@@ -187,6 +187,9 @@ async def test_redis_and_database_outages_mid_call(models: AgentModels, tmp_path
                     await call.speak(compose(0.3, "How many legs does a spider have?", 0.3))
                     await call.until(lambda: len(call.of("reply")) >= 2)
                     assert not [e for e in call.of("error") if e.get("stage") != "input"]
+                    auth = {"Authorization": f"Bearer {hello['session_token']}"}
+                    r = await client.get(f"/v1/sessions/{hello['session_id']}", headers=auth)
+                    assert r.status_code == 503 and r.json()["error"] == "store_unavailable"
                 pg_proxy.restore()
                 redis_proxy.restore()
                 sid, auth = (
