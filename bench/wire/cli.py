@@ -1,0 +1,367 @@
+"""``python -m bench.wire``: start the server, run the scenarios, write the results.
+
+::
+
+    .venv/bin/python -m bench.wire [--scenarios v2v,turns,bargein,concurrency,soak,install]
+        [--quick] [--config agent.yaml] [--set turn.end_of_turn_silence_ms=450 ...]
+        [--profile] [--out bench/results] [--tag TAG] [--compare earlier.json]
+
+The server runs as a subprocess (``python -m signaling``) on a free
+127.0.0.1 port; the barge-in scenario gets a second server whose agent
+greets each call with a long canned reply. Results: ``<out>/<date>[-tag].json``,
+``<out>/<date>[-tag].md`` and ``<out>/<date>[-tag]-*.png``. Server logs and
+the raw profile go to a temporary work directory named in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
+from bench.wire import report
+from bench.wire.profiler import Profiler
+from bench.wire.scenarios import bargein, concurrency, install, soak, turns, v2v
+from bench.wire.scenarios.common import BenchContext, log
+from bench.wire.scenarios.concurrency import Level
+from bench.wire.server import Monitor, ServerProcess, read_proc
+from bench.wire.speech import (
+    BACKCHANNELS,
+    GREETING,
+    INTERRUPTIONS,
+    QUESTIONS,
+    SHORT_QUESTIONS,
+    SPLIT_QUESTIONS,
+    espeak_available,
+    speech,
+    voices,
+)
+
+SCENARIOS = ("v2v", "turns", "bargein", "concurrency", "soak", "install")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How much of each scenario to run."""
+
+    v2v_calls: int
+    v2v_turns_per_call: int
+    paused_questions: int
+    interruptions: int
+    coughs: int
+    backchannels: int
+    levels: tuple[Level, ...]
+    soak_calls: int
+    install_timeout_s: float
+
+    @classmethod
+    def make(cls, quick: bool, levels: list[int], level_s: float | None, soak: int | None) -> Plan:
+        """The quick smoke plan or the full one (the issue's minimum counts)."""
+        if quick:
+            secs = level_s or 25.0
+            return cls(
+                v2v_calls=1,
+                v2v_turns_per_call=2,
+                paused_questions=2,
+                interruptions=2,
+                coughs=1,
+                backchannels=1,
+                levels=tuple(Level(n, secs, 15.0) for n in levels or [1, 2]),
+                soak_calls=soak or 5,
+                install_timeout_s=0.0,
+            )
+        secs = level_s or 60.0
+        return cls(
+            v2v_calls=5,
+            v2v_turns_per_call=4,
+            paused_questions=12,
+            interruptions=10,
+            coughs=4,
+            backchannels=3,
+            levels=tuple(Level(n, secs, 25.0) for n in levels or [1, 2, 4, 8, 16]),
+            soak_calls=soak or 100,
+            install_timeout_s=1500.0,
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m bench.wire", description=__doc__.split("\n")[0])
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    p.add_argument("--quick", action="store_true", help="small smoke run (~3 min)")
+    p.add_argument("--config", type=Path, default=None, help="agent YAML (default: embedded)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an agent knob, e.g. turn.end_of_turn_silence_ms=450 (repeatable)",
+    )
+    p.add_argument("--profile", action="store_true", help="py-spy the server during v2v")
+    p.add_argument("--levels", default="", help="concurrency levels, e.g. 1,2,4,8,16")
+    p.add_argument("--level-seconds", type=float, default=None, help="duration of each level")
+    p.add_argument("--soak-calls", type=int, default=None)
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--tag", default="", help="suffix of the result files' names")
+    p.add_argument("--compare", type=Path, default=None, help="earlier results JSON (before)")
+    args = p.parse_args(argv)
+    if args.quick and not args.tag:
+        args.tag = "quick"  # a smoke run never overwrites the day's full results
+    unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *path, key = dotted.split(".")
+    node = raw
+    for part in path:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SystemExit(f"--set {dotted}: {part} is not a section")
+        node = child
+    node[key] = value
+
+
+def agent_config(
+    base: Path | None, sets: list[str], work: Path, extra: dict[str, Any] | None = None
+) -> Path | None:
+    """The agent YAML to serve: ``base`` (None = embedded) with overrides applied."""
+    if not sets and not extra:
+        return base
+    raw = yaml.safe_load((base or DEFAULT_CONFIG_PATH).read_text("utf-8")) or {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        _set(raw, key.strip(), yaml.safe_load(value))
+    raw.update(extra or {})
+    name = "greeter" if extra else "agent"
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), "utf-8")
+    AgentConfig.load(path)  # validate now, not in the server
+    return path
+
+
+def prepare_speech(names: list[str]) -> int:
+    """Synthesize (and cache) every clip the scenarios may send; returns how many."""
+    texts = [*QUESTIONS, *INTERRUPTIONS, *SHORT_QUESTIONS, *BACKCHANNELS]
+    texts += [part for pair in SPLIT_QUESTIONS for part in pair]
+    for text in texts:
+        for voice in names:
+            speech(text, voice)
+    return len(texts) * len(names)
+
+
+def _git() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        res = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        return res.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _knobs(config: AgentConfig) -> dict[str, Any]:
+    return {
+        "vad": config.vad.model_dump(),
+        "turn": config.turn.model_dump(),
+        "stt": config.stt.model_dump(mode="json"),
+        "llm": {k: v for k, v in config.llm.model_dump(mode="json").items() if k != "model_path"},
+        "tts": config.tts.model_dump(mode="json"),
+        "interruption": {
+            k: v for k, v in config.interruption.model_dump().items() if k != "filler_words"
+        },
+        "chunker": config.chunker.model_dump(),
+    }
+
+
+async def _guard(
+    name: str, results: dict[str, Any], budget_s: float, make: Callable[[], Awaitable[Any]]
+) -> None:
+    """Run one scenario with a time bound; failures are recorded, not raised."""
+    log(f"scenario {name}: start (bound {budget_s:.0f} s)")
+    t0 = time.monotonic()
+    try:
+        results[name] = await asyncio.wait_for(make(), budget_s)
+    except TimeoutError:
+        results[name] = {"error": f"timed out after {budget_s:.0f} s"}
+    except Exception as exc:  # a failing scenario must not lose the others' figures
+        results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    log(f"scenario {name}: done in {time.monotonic() - t0:.0f} s")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the selected scenarios; returns the results document."""
+    chosen = [s for s in SCENARIOS if s in args.scenarios.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    plan = Plan.make(args.quick, levels, args.level_seconds, args.soak_calls)
+    work = Path(tempfile.mkdtemp(prefix="parley-bench-"))
+    config_path = agent_config(args.config, args.set, work)
+    config = AgentConfig.load(config_path)
+    names = voices()
+    t_start = time.monotonic()
+    log(f"work dir {work}; voices {names}; preparing speech")
+    clips = await asyncio.to_thread(prepare_speech, names)
+    doc: dict[str, Any] = {
+        "date": dt.date.today().isoformat(),
+        "started_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "tag": args.tag,
+        "scenarios_run": chosen,
+        "git": _git(),
+        "machine": _machine(),
+        "config": {
+            "path": str(args.config) if args.config else "embedded (agents/default.yaml)",
+            "overrides": args.set,
+            "knobs": _knobs(config),
+        },
+        "voices": names,
+        "espeak_ng": espeak_available(),
+        "clips_prepared": clips,
+        "work_dir": str(work),
+        "servers": {},
+        "scenarios": {},
+    }
+    results: dict[str, Any] = doc["scenarios"]
+    main_needed = [s for s in chosen if s in ("v2v", "turns", "concurrency", "soak")]
+    if main_needed:
+        await _with_server(doc, "main", config_path, config, names, args, plan, work)
+    if "bargein" in chosen:
+        greeter = agent_config(config_path, [], work, {"greeting": GREETING})
+        await _with_server(doc, "bargein", greeter, config, names, args, plan, work)
+    if "install" in chosen and plan.install_timeout_s > 0:
+        await _guard(
+            "install",
+            results,
+            plan.install_timeout_s + 900,
+            lambda: install.run(REPO, work, plan.install_timeout_s),
+        )
+    doc["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    doc["seconds"] = round(time.monotonic() - t_start, 1)
+    return doc
+
+
+async def _with_server(
+    doc: dict[str, Any],
+    role: str,
+    config_path: Path | None,
+    config: AgentConfig,
+    names: list[str],
+    args: argparse.Namespace,
+    plan: Plan,
+    work: Path,
+) -> None:
+    chosen = doc["scenarios_run"]
+    results: dict[str, Any] = doc["scenarios"]
+    server = ServerProcess(config=config_path, log_path=work / f"server-{role}.log")
+    log(f"starting the {role} server on {server.base_url}")
+    ready = await server.start()
+    log(f"{role} server ready in {ready:.2f} s")
+    doc["servers"][role] = {
+        "ready_s": round(ready, 2),
+        "models_load_s": server.health.get("models"),
+        "rss_ready_mb": round(read_proc(server.pid).rss_mb, 1),
+    }
+    try:
+        async with (
+            httpx.AsyncClient(base_url=server.base_url, timeout=30) as client,
+            Monitor(server.pid) as monitor,
+        ):
+            ctx = BenchContext(server, client, monitor, config, names, args.quick)
+            if role == "bargein":
+                await _guard(
+                    "bargein",
+                    results,
+                    60.0 * (plan.interruptions + plan.coughs + plan.backchannels) + 60,
+                    lambda: bargein.run(ctx, plan.interruptions, plan.coughs, plan.backchannels),
+                )
+                return
+            if "v2v" in chosen:
+                prof = Profiler(server.pid, work / "v2v-profile.txt") if args.profile else None
+                if prof is not None and not prof.start():
+                    doc["profile"] = {"error": "py-spy is not installed"}
+                    prof = None
+                await _guard(
+                    "v2v",
+                    results,
+                    90.0 * plan.v2v_calls * plan.v2v_turns_per_call + 60,
+                    lambda: v2v.run(ctx, plan.v2v_calls, plan.v2v_turns_per_call),
+                )
+                if prof is not None:
+                    doc["profile"] = await prof.stop()
+            if "turns" in chosen:
+                await _guard(
+                    "turns",
+                    results,
+                    30.0 * plan.paused_questions + 60,
+                    lambda: turns.run(ctx, plan.paused_questions),
+                )
+            if "concurrency" in chosen:
+                budget = sum(lv.duration_s + lv.drain_s + 120 for lv in plan.levels)
+                await _guard(
+                    "concurrency",
+                    results,
+                    budget,
+                    lambda: concurrency.run(ctx, list(plan.levels)),
+                )
+            if "soak" in chosen:
+                await _guard(
+                    "soak",
+                    results,
+                    30.0 * plan.soak_calls + 60,
+                    lambda: soak.run(ctx, plan.soak_calls),
+                )
+    finally:
+        code = await server.stop()
+        doc["servers"][role]["exit_code"] = code
+        doc["servers"][role]["log"] = str(server.log_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (1 if a scenario failed)."""
+    args = parse_args(argv)
+    doc = asyncio.run(run(args))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = doc["date"] + (f"-{args.tag}" if args.tag else "")
+    before = json.loads(args.compare.read_text("utf-8")) if args.compare else None
+    paths = report.write(doc, args.out, stem, before)
+    for path in paths:
+        print(path)
+    failed = [k for k, v in doc["scenarios"].items() if isinstance(v, dict) and "error" in v]
+    if failed:
+        print(f"scenarios with errors: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,209 @@
+"""The server under test: ``python -m signaling`` as a subprocess on a loopback port.
+
+``ServerProcess`` starts it with the embedded defaults (or an agent YAML),
+measures the time to ready by polling ``/health``, and stops it.
+``ProcStats`` reads a process's CPU time, RSS, open file descriptors and
+threads from ``/proc`` (Linux); ``Monitor`` samples them in the background so
+a scenario can take the CPU use and peak RSS of any time window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+HOST = "127.0.0.1"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback address."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSample:
+    """One reading of a process's resources."""
+
+    t: float
+    """Monotonic time of the reading."""
+    cpu_s: float
+    """User + system CPU seconds since the process started (all threads)."""
+    rss_mb: float
+    fds: int
+    threads: int
+
+
+def read_proc(pid: int) -> ProcSample:
+    """Read ``/proc/<pid>``: CPU time, resident memory, open descriptors, threads."""
+    t = time.monotonic()
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    threads = int(fields[17])
+    rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    try:
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        fds = -1
+    return ProcSample(t, cpu, rss_pages * _PAGE / 2**20, fds, threads)
+
+
+class Monitor:
+    """Samples a process every ``period_s`` seconds in a background task."""
+
+    def __init__(self, pid: int, period_s: float = 0.5) -> None:
+        self.pid = pid
+        self.period_s = period_s
+        self.samples: list[ProcSample] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Monitor:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                self.samples.append(read_proc(self.pid))
+            await asyncio.sleep(self.period_s)
+
+    def now(self) -> ProcSample:
+        """A fresh reading."""
+        sample = read_proc(self.pid)
+        self.samples.append(sample)
+        return sample
+
+    def window(self, start: float, end: float) -> dict[str, float | None]:
+        """CPU use (% of one core), mean and peak RSS over ``[start, end]``."""
+        inside = [s for s in self.samples if start <= s.t <= end]
+        if len(inside) < 2:
+            return {"cpu_pct": None, "rss_mean_mb": None, "rss_peak_mb": None}
+        first, last = inside[0], inside[-1]
+        cpu = 100.0 * (last.cpu_s - first.cpu_s) / max(last.t - first.t, 1e-6)
+        return {
+            "cpu_pct": round(cpu, 1),
+            "rss_mean_mb": round(sum(s.rss_mb for s in inside) / len(inside), 1),
+            "rss_peak_mb": round(max(s.rss_mb for s in inside), 1),
+        }
+
+
+class ServerError(RuntimeError):
+    """The server did not start or died."""
+
+
+class ServerProcess:
+    """``python -m signaling`` on a free loopback port."""
+
+    def __init__(
+        self,
+        *,
+        config: Path | None,
+        log_path: Path,
+        max_calls: int = 32,
+        idle_timeout_s: float = 300.0,
+        python: str = sys.executable,
+        cwd: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.port = free_port()
+        self.base_url = f"http://{HOST}:{self.port}"
+        self.max_calls = max_calls
+        self.idle_timeout_s = idle_timeout_s
+        self.python = python
+        self.cwd = cwd
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready_s: float | None = None
+        self.health: dict[str, object] = {}
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        if self.proc is None:
+            raise ServerError("server not started")
+        return self.proc.pid
+
+    async def start(self, timeout_s: float = 180.0) -> float:
+        """Spawn the server and poll ``/health`` until it answers; returns seconds to ready."""
+        cmd = [self.python, "-m", "signaling", "--host", HOST, "--port", str(self.port)]
+        cmd += ["--log-level", "warning"]
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
+        env = {
+            **os.environ,
+            "PARLEY_MAX_CALLS": str(self.max_calls),
+            "PARLEY_IDLE_TIMEOUT_S": str(self.idle_timeout_s),
+            "PYTHONUNBUFFERED": "1",
+        }
+        # A store of its own per server: the embedded SQLite file and its TTS phrase
+        # cache start empty, and the repository's ./data is left alone.
+        env.setdefault("PARLEY_DATA_DIR", str(self.log_path.parent / f"data-{self.port}"))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd
+            )
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=2.0) as client:
+            while time.monotonic() - t0 < timeout_s:
+                if self.proc.returncode is not None:
+                    raise ServerError(f"server exited with {self.proc.returncode}: {self.tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await client.get("/health")
+                    if r.status_code == 200:
+                        self.ready_s = time.monotonic() - t0
+                        self.health = r.json()
+                        return self.ready_s
+                await asyncio.sleep(0.05)
+        await self.stop()
+        raise ServerError(f"server not ready within {timeout_s} s: {self.tail()}")
+
+    def tail(self, lines: int = 20) -> str:
+        """The end of the server's log."""
+        try:
+            return "\n".join(self.log_path.read_text("utf-8", "replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    async def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGINT (graceful shutdown), then SIGKILL past ``timeout_s``; returns the exit code."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(signal.SIGINT)
+        try:
+            return await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            proc.kill()
+            return await proc.wait()
+
+    async def wait_idle(self, client: httpx.AsyncClient, timeout_s: float = 10.0) -> bool:
+        """Wait until the server reports no active call."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = await client.get("/health")
+                if r.status_code == 200 and r.json().get("active_calls") == 0:
+                    return True
+            await asyncio.sleep(0.1)
+        return False

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install (idempotent) and run the over-the-wire benchmark (bench/wire): the server on
+# 127.0.0.1 with the embedded defaults, aiortc caller peers over loopback WebRTC, and
+# bench/results/<date>.json, <date>.md and <date>-*.png as the output.
+#
+#   scripts/bench.sh              full run (~25 min on 2 cores)
+#   scripts/bench.sh --quick      smoke run (~3 min)
+#   scripts/bench.sh --profile --scenarios v2v,turns --set turn.end_of_turn_silence_ms=450 --tag eot450
+#
+# Extra arguments go to `python -m bench.wire` (see --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+# Benchmark-only tools: the HTTP client, plots, the sampling profiler.
+if ! .venv/bin/python -c 'import httpx, matplotlib' 2>/dev/null || [ ! -x .venv/bin/py-spy ]; then
+  .venv/bin/python -m pip install --quiet "httpx>=0.27,<1" "matplotlib>=3.8,<4" "py-spy>=0.3.14,<1"
+fi
+# A second voice family for the caller (optional: Piper alone is used without it).
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; } \
+      || echo "bench: espeak-ng unavailable; caller questions use Piper only" >&2
+  else
+    echo "bench: espeak-ng not installed (needs root and apt); caller questions use Piper only" >&2
+  fi
+fi
+exec .venv/bin/python -m bench.wire "$@"
