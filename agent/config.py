@@ -99,7 +99,7 @@ class TurnConfig(_Section):
     """Turn detection."""
 
     min_speech_ms: int = Field(250, ge=0)
-    end_of_turn_silence_ms: int = Field(600, ge=100, le=10_000)
+    end_of_turn_silence_ms: int = Field(700, ge=100, le=10_000)
     max_utterance_s: float = Field(20.0, gt=1.0, le=300.0)
     preroll_ms: int = Field(200, ge=0, le=2000)
     tail_ms: int = Field(150, ge=0, le=2000)
@@ -120,7 +120,7 @@ class InterruptionConfig(_Section):
     """Barge-in: when the caller's speech stops the agent."""
 
     enabled: bool = True
-    min_speech_ms: int = Field(250, ge=0, le=5000)
+    min_speech_ms: int = Field(150, ge=0, le=5000)
     """Speech held this long while the agent speaks pauses the agent."""
     min_words: int = Field(1, ge=0, le=20)
     """Words the paused speech must produce to confirm the interruption (0: VAD alone)."""

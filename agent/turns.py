@@ -54,7 +54,7 @@ class TurnSettings:
 
     min_speech_ms: int = 250
     """Shorter speech bursts are discarded instead of ending a turn."""
-    end_of_turn_silence_ms: int = 600
+    end_of_turn_silence_ms: int = 700
     """Silence after speech that ends the turn."""
     max_utterance_s: float = 20.0
     """A turn is ended by force at this length of speech."""

@@ -34,7 +34,8 @@ def test_turn_ends_after_silence_with_backdated_boundaries() -> None:
     assert start.speech_start == pytest.approx(secs(1.0) * WINDOW_S)
     assert pause.speech_end == pytest.approx(2 * secs(1.0) * WINDOW_S)
     assert pause.speech_end is not None
-    assert end.time - pause.speech_end == pytest.approx(0.6, abs=WINDOW_S)
+    silence = TurnSettings().end_of_turn_silence_ms / 1000
+    assert end.time - pause.speech_end == pytest.approx(silence, abs=WINDOW_S)
     audio = det.utterance_audio(until_speech_end=True)
     # pre-roll before the onset and a short tail after the end of speech
     first_window = int(audio[0])
