@@ -102,7 +102,11 @@ class Plan:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.wire", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.wire",
+        description="Start the Parley server on 127.0.0.1, call it with aiortc peers over "
+        "loopback WebRTC, and write JSON, Markdown and PNG results.",
+    )
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     p.add_argument("--quick", action="store_true", help="small smoke run (~3 min)")
     p.add_argument("--config", type=Path, default=None, help="agent YAML (default: embedded)")
@@ -116,9 +120,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="py-spy the server during v2v")
     p.add_argument("--levels", default="", help="concurrency levels, e.g. 1,2,4,8,16")
     p.add_argument("--level-seconds", type=float, default=None, help="duration of each level")
-    p.add_argument("--soak-calls", type=int, default=None)
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--tag", default="", help="suffix of the result files' names")
+    p.add_argument("--soak-calls", type=int, default=None, help="calls of the soak (100)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results directory")
+    p.add_argument("--tag", default="", help="suffix of the result files' names (--quick: 'quick')")
     p.add_argument("--compare", type=Path, default=None, help="earlier results JSON (before)")
     args = p.parse_args(argv)
     if args.quick and not args.tag:
