@@ -555,6 +555,8 @@ class VoiceSession:
     ) -> None:
         tts = self._models.tts
         while (text := await chunks.get()) is not None:
+            if handle.interrupted:
+                return  # clear() woke us before the cancellation arrived: stop here
             segment = self.playout.open_segment(handle.id, text)
             resampler = StreamResampler(tts.sample_rate, self.playout.sample_rate)
             if clock.tts_first_chunk is None:
@@ -562,6 +564,8 @@ class VoiceSession:
             stream = tts.stream(text)
             async with contextlib.aclosing(stream) as pcm_chunks:
                 async for pcm in pcm_chunks:
+                    if handle.interrupted:
+                        return
                     if clock.tts_first_audio is None:
                         clock.tts_first_audio = time.monotonic()
                     await self.playout.push(segment, resampler.process(pcm))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -22,6 +22,9 @@ import numpy as np
 
 from media.errors import AudioFormatError
 from media.frames import FRAME_MS, PCM, AudioFrame
+
+_RETIRED_IDS = 1024
+"""How many forgotten utterance ids are remembered (so late producers cannot revive them)."""
 
 
 @dataclass(slots=True)
@@ -78,6 +81,7 @@ class PlayoutBuffer:
         self._chunks: deque[_Chunk] = deque()
         self._queued = 0
         self._utterances: dict[str, _Utterance] = {}
+        self._retired: OrderedDict[str, None] = OrderedDict()
         self._room = asyncio.Event()
         self._room.set()
         self._paused = False
@@ -86,13 +90,20 @@ class PlayoutBuffer:
     # ---------------------------------------------------------------- producer
 
     def open_utterance(self, utterance_id: str) -> None:
-        """Start accounting for an utterance (idempotent)."""
-        self._utterances.setdefault(utterance_id, _Utterance())
+        """Start accounting for an utterance (idempotent; a forgotten one stays closed)."""
+        if utterance_id not in self._retired:
+            self._utterances.setdefault(utterance_id, _Utterance())
 
     def open_segment(self, utterance_id: str, text: str) -> SegmentPlayback:
-        """Declare the next text segment of an utterance; its audio follows via ``push``."""
+        """Declare the next text segment of an utterance; its audio follows via ``push``.
+
+        For an utterance that was already forgotten (a late producer of a
+        cancelled reply) the segment is detached: its audio is dropped.
+        """
         self.open_utterance(utterance_id)
-        utt = self._utterances[utterance_id]
+        utt = self._utterances.get(utterance_id)
+        if utt is None:
+            return SegmentPlayback(utterance_id, -1, text)
         seg = SegmentPlayback(utterance_id, len(utt.segments), text)
         utt.segments.append(seg)
         return seg
@@ -223,8 +234,11 @@ class PlayoutBuffer:
                 utt.done.set()
 
     def forget(self, utterance_id: str) -> None:
-        """Release the accounting of an utterance that is over."""
+        """Release the accounting of an utterance that is over; it can never reopen."""
         self._utterances.pop(utterance_id, None)
+        self._retired[utterance_id] = None
+        while len(self._retired) > _RETIRED_IDS:
+            self._retired.popitem(last=False)
 
     # ---------------------------------------------------------------- queries
 
@@ -249,14 +263,18 @@ class PlayoutBuffer:
         return utt.first_audio_at if utt else None
 
     async def wait_started(self, utterance_id: str) -> None:
-        """Wait until the first sample of the utterance is pulled."""
+        """Wait until the first sample of the utterance is pulled (returns if forgotten)."""
         self.open_utterance(utterance_id)
-        await self._utterances[utterance_id].started.wait()
+        utt = self._utterances.get(utterance_id)
+        if utt is not None:
+            await utt.started.wait()
 
     async def wait_done(self, utterance_id: str) -> None:
-        """Wait until the utterance is finished and fully played, or cleared."""
+        """Wait until the utterance is finished and fully played, cleared or forgotten."""
         self.open_utterance(utterance_id)
-        await self._utterances[utterance_id].done.wait()
+        utt = self._utterances.get(utterance_id)
+        if utt is not None:
+            await utt.done.wait()
 
     def is_done(self, utterance_id: str) -> bool:
         """Whether the utterance is over (played out or cleared)."""

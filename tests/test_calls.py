@@ -63,7 +63,8 @@ async def test_webrtc_call_question_and_answer(client: httpx.AsyncClient) -> Non
         assert [c["transport"] for c in listed] == ["webrtc"]
 
         def answered() -> bool:
-            return bool(caller.of_type("reply")) and len(caller.loud_times()) > 25
+            # metrics follow the reply event on the channel: wait for both
+            return bool(caller.of_type("metrics")) and len(caller.loud_times()) > 25
 
         await caller.wait_for(answered, within=60)
         finals = [e for e in caller.of_type("transcript") if e["final"]]

@@ -162,3 +162,17 @@ async def test_playout_frames_are_paced() -> None:
         if n == 10:
             break
     assert 0.15 <= loop.time() - t0 < 0.5
+
+
+async def test_forgotten_utterance_never_reopens() -> None:
+    """A late producer of a cancelled reply cannot queue audio again (barge-in regression)."""
+    buf = PlayoutBuffer(16000)
+    seg = buf.open_segment("u", "first")
+    await buf.push(seg, np.ones(3200, np.int16))
+    buf.clear("u")
+    buf.forget("u")
+    late = buf.open_segment("u", "a later sentence")
+    await buf.push(late, np.ones(3200, np.int16))
+    assert buf.buffered_ms == 0 and not buf.pull()[1]
+    assert buf.segments("u") == []
+    await asyncio.wait_for(buf.wait_done("u"), 1)
