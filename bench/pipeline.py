@@ -22,22 +22,8 @@ from agent.llm import ChatMessage
 from agent.runtime import AgentModels
 from agent.session import VoiceSession
 from agent.vad import WINDOW_SAMPLES
+from bench.wire.speech import QUESTIONS
 from media.frames import int16_to_float
-
-QUESTIONS = [
-    "What is the capital of France?",
-    "How many legs does a spider have?",
-    "What color is the sky on a clear day?",
-    "Can you recommend a good book?",
-    "What is the weather usually like in summer?",
-    "How do I boil an egg?",
-    "Who wrote Romeo and Juliet?",
-    "What is two plus two?",
-    "Tell me something about the moon.",
-    "What should I cook for dinner tonight?",
-    "How far away is the sun?",
-    "What is your name?",
-]
 
 
 def pct(values: list[float], q: float) -> float:
