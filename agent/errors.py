@@ -36,3 +36,18 @@ class ModelLoadError(ProviderError):
 
 class SessionClosedError(AgentError):
     """Input was given to a session that is already closed."""
+
+
+class ProviderTimeoutError(ProviderError):
+    """A provider did not answer within its time budget (always retryable)."""
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(provider, message, retryable=True)
+
+
+class RateLimitedError(ProviderError):
+    """A provider refused the request for now; ``retry_after_s`` when it said how long."""
+
+    def __init__(self, provider: str, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(provider, message, retryable=True)
+        self.retry_after_s = retry_after_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from agent.llm import LLM
 from agent.providers.executor import InferenceExecutor
 from agent.stt import STT
 from agent.tts import TTS
-from agent.vad import SileroVAD
+from agent.vad import VAD, SileroVAD
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class AgentModels:
     pass any implementations of the provider protocols (cloud adapters).
     """
 
-    vad: SileroVAD
+    vad: VAD
     stt: STT
     llm: LLM
     tts: TTS
@@ -78,10 +79,34 @@ class AgentModels:
         log.info("models loaded in %s s", timings)
         return cls(vad=vad, stt=stt, llm=llm, tts=tts, load_seconds=timings)
 
+    async def aclose(self) -> None:
+        """Close every provider and stop the VAD worker; never waits for running inference.
+
+        Each provider is closed even when another one fails; the first
+        failure is raised after all were tried.
+        """
+        self.vad_executor.shutdown()
+        results = await asyncio.gather(
+            self.stt.aclose(), self.llm.aclose(), self.tts.aclose(), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
     def close(self) -> None:
-        """Stop worker threads and free the models."""
+        """Synchronous ``aclose()`` for callers without an event loop (CLI tools, fixtures).
+
+        Providers with a sync ``close()`` (the local ones) are closed directly;
+        others are closed on a private event loop, so this must not be called
+        from a running loop when cloud providers are configured.
+        """
         self.vad_executor.shutdown()
         for model in (self.stt, self.llm, self.tts):
             close = getattr(model, "close", None)
             if callable(close):
                 close()
+            else:
+                asyncio.run(model.aclose())

@@ -37,5 +37,13 @@ class STT(Protocol):
     sample_rate: int
 
     async def transcribe(self, audio: FloatPCM, *, partial: bool = False) -> Transcript:
-        """Transcribe ``audio``; ``partial`` asks for a cheaper, interim result."""
+        """Transcribe ``audio``; ``partial`` asks for a cheaper, interim result.
+
+        Final transcriptions take priority over partial ones when both wait
+        for the model; a cancelled request leaves the queue at once.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release the provider (threads, connections); idempotent."""
         ...

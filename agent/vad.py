@@ -3,7 +3,8 @@
 ``SileroVAD`` is the model, loaded once per process. Each call gets its own
 ``VADStream`` carrying the LSTM state and the 64-sample context across windows,
 and a ``SpeechGate`` that turns probabilities into onset/offset decisions with
-hysteresis.
+hysteresis. ``VAD`` and ``SpeechProbabilityStream`` are the protocols they
+implement, so sessions can run on another detector (tests use an energy VAD).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import onnxruntime
@@ -23,6 +25,33 @@ WINDOW_SAMPLES = 512
 """Silero's window at 16 kHz (32 ms)."""
 WINDOW_S = WINDOW_SAMPLES / PIPELINE_RATE
 _CONTEXT_SAMPLES = 64
+
+
+@runtime_checkable
+class SpeechProbabilityStream(Protocol):
+    """Per-call VAD state: feed 16 kHz float32 audio, get one speech probability per window.
+
+    Windows are ``WINDOW_SAMPLES`` (512) samples long; audio that does not
+    fill a window waits for the next call. ``process`` is blocking (it may
+    run a model): callers run it on an inference thread.
+    """
+
+    def process(self, audio: FloatPCM) -> list[float]:
+        """Probabilities in 0..1 of each window completed by ``audio``."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the state (e.g. after a long gap in the input)."""
+        ...
+
+
+@runtime_checkable
+class VAD(Protocol):
+    """A voice activity detector shared by every call of the process."""
+
+    def stream(self) -> SpeechProbabilityStream:
+        """A fresh stream with its own state, for one call."""
+        ...
 
 
 def default_vad_path() -> Path:

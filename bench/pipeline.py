@@ -18,7 +18,7 @@ import numpy as np
 
 from agent.config import AgentConfig
 from agent.events import AgentEvent, MetricsEvent, TranscriptEvent
-from agent.llm import ChatMessage
+from agent.llm import ChatMessage, stream_text
 from agent.runtime import AgentModels
 from agent.session import VoiceSession
 from agent.vad import WINDOW_SAMPLES
@@ -72,7 +72,7 @@ async def bench_llm(models: AgentModels, config: AgentConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         first: float | None = None
         n = 0
-        async for _ in models.llm.stream(msgs, gen):
+        async for _ in stream_text(models.llm, msgs, gen):
             n += 1
             if first is None:
                 first = time.perf_counter()
@@ -91,16 +91,17 @@ async def bench_tts(models: AgentModels) -> dict[str, Any]:
     for text in QUESTIONS[:8]:
         t0 = time.perf_counter()
         first: float | None = None
-        samples = 0
-        async for pcm in models.tts.stream(text + " " + text):
+        spoken_s = 0.0
+        async for chunk in models.tts.stream(text + " " + text):
             first = first or time.perf_counter()
-            samples += pcm.size
+            spoken_s += chunk.duration
         total = time.perf_counter() - t0
         firsts.append(((first or t0) - t0) * 1000)
-        rtfs.append(total / (samples / models.tts.sample_rate))
+        if spoken_s > 0:
+            rtfs.append(total / spoken_s)
     return {
         "first_chunk_ms": summary(firsts),
-        "real_time_factor": {"median": round(statistics.median(rtfs), 3)},
+        "real_time_factor": {"median": round(statistics.median(rtfs), 3) if rtfs else None},
     }
 
 
@@ -178,7 +179,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if args.turns:
             results["call"] = await bench_call(models, config, args.turns)
     finally:
-        models.close()
+        await models.aclose()
     return results
 
 

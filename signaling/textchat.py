@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 from agent.config import AgentConfig
 from agent.history import ChatHistory
+from agent.llm import stream_text
 from agent.runtime import AgentModels
 from signaling.recorder import messages_from_json, messages_to_json
 from store.repositories import TurnRecord
@@ -61,8 +62,8 @@ class TextChats:
             writer.submit(TurnRecord(session_id, turn_id, "user", text, stt_confidence=None))
             pieces = [
                 p
-                async for p in self._models.llm.stream(
-                    history.context(), self._config.llm.generation()
+                async for p in stream_text(
+                    self._models.llm, history.context(), self._config.llm.generation()
                 )
             ]
             reply = "".join(pieces).strip()

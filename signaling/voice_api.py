@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import numpy as np
@@ -9,8 +10,10 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from agent.tts import SpeechChunk
 from media.decode import decode_audio
-from media.frames import AudioFrame, int16_to_float
+from media.frames import PCM, PIPELINE_RATE, AudioFrame, FloatPCM, int16_to_float
+from media.resample import resample
 from media.wav import wav_bytes
 from signaling.state import ApiError, State
 from signaling.tokens import bearer
@@ -64,24 +67,43 @@ async def stt(request: Request, st: State) -> dict[str, Any]:
         data = await upload.read()
     else:
         data = await request.body()
-    pcm = decode_audio(data, max_seconds=MAX_UPLOAD_SECONDS)
-    result = await st.models.stt.transcribe(int16_to_float(pcm))
+    # Decoding (PyAV) and the float conversion are CPU work: off the event loop.
+    pcm, audio = await asyncio.to_thread(_decode_upload, data)
+    result = await st.models.stt.transcribe(audio)
     return {
         "text": result.text,
         "confidence": round(result.confidence, 4),
-        "duration_s": round(pcm.size / 16000, 3),
+        "duration_s": round(pcm.size / PIPELINE_RATE, 3),
         "processing_ms": round(result.processing_s * 1000, 1),
     }
 
 
+def _decode_upload(data: bytes) -> tuple[PCM, FloatPCM]:
+    """Decode an upload to 16 kHz mono int16 and float32 (blocking)."""
+    pcm = decode_audio(data, max_seconds=MAX_UPLOAD_SECONDS)
+    return pcm, int16_to_float(pcm)
+
+
 @router.post("/voice/tts", response_class=Response)
 async def tts(body: TtsIn, st: State) -> Response:
-    """Synthesize text to a 16-bit mono WAV at the voice's own rate."""
+    """Synthesize text to a 16-bit mono WAV at the default voice's own rate.
+
+    Chunks from another voice (a fallback provider) are resampled to that
+    rate; ``X-Voice`` names the voices that actually spoke, in order.
+    """
     engine = st.models.tts
-    parts = [pcm async for pcm in engine.stream(body.text)]
-    pcm = np.concatenate(parts) if parts else np.zeros(0, np.int16)
+    chunks = [chunk async for chunk in engine.stream(body.text)]
+    rate = engine.sample_rate
+    pcm = await asyncio.to_thread(_join_chunks, chunks, rate)
+    voices = list(dict.fromkeys(chunk.voice for chunk in chunks)) or [engine.voice]
     return Response(
-        wav_bytes(AudioFrame(pcm, engine.sample_rate)),
+        wav_bytes(AudioFrame(pcm, rate)),
         media_type="audio/wav",
-        headers={"X-Voice": engine.voice},
+        headers={"X-Voice": ",".join(voices)},
     )
+
+
+def _join_chunks(chunks: list[SpeechChunk], rate: int) -> PCM:
+    """Resample every chunk to ``rate`` and join them (blocking: soxr)."""
+    parts = [resample(chunk.pcm, chunk.sample_rate, rate) for chunk in chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int16)

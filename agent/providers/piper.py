@@ -1,4 +1,8 @@
-"""Piper TTS (local ONNX voice) streaming one chunk per sentence."""
+"""Piper TTS (local ONNX voice) streaming one chunk per sentence.
+
+Phonemization (espeak-ng) and synthesis run on the voice's own worker thread,
+never on the event loop; their exceptions are translated into ``ProviderError``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import onnxruntime
 
 from agent.errors import ModelLoadError, ProviderError
 from agent.providers.executor import InferenceExecutor
+from agent.tts import SpeechChunk
 from media.frames import PCM, float_to_int16
 
 
@@ -73,16 +78,27 @@ class PiperTTS:
         except Exception as exc:
             raise ProviderError("piper", f"synthesis failed: {type(exc).__name__}") from exc
 
-    async def stream(self, text: str) -> AsyncGenerator[PCM, None]:
-        """Yield each sentence's audio as soon as it is synthesized."""
+    async def stream(self, text: str) -> AsyncGenerator[SpeechChunk, None]:
+        """Yield each sentence's audio as soon as it is synthesized.
+
+        Phonemization and synthesis both run on the voice's worker thread;
+        their failures surface as ``ProviderError``.
+        """
         if not text.strip():
             return
-        sentences = self._voice.phonemize(text)
+        sentences = await self._executor.run(self._phonemize, text)
         for phonemes in sentences:
             if not phonemes:
                 continue
             pcm = await self._executor.run(self._phonemes_to_pcm, phonemes)
-            yield pcm
+            yield SpeechChunk(pcm, self.sample_rate, self.voice)
+
+    def _phonemize(self, text: str) -> list[list[str]]:
+        try:
+            sentences: list[list[str]] = self._voice.phonemize(text)
+        except Exception as exc:
+            raise ProviderError("piper", f"phonemization failed: {type(exc).__name__}") from exc
+        return sentences
 
     def _phonemes_to_pcm(self, phonemes: list[str]) -> PCM:
         try:
@@ -96,6 +112,10 @@ class PiperTTS:
             audio = audio / peak
         return float_to_int16(audio * 0.8)
 
+    async def aclose(self) -> None:
+        """Stop the worker thread without waiting for a running synthesis; idempotent."""
+        self.close()
+
     def close(self) -> None:
-        """Stop the worker thread."""
+        """Like ``aclose()``, for synchronous callers; never blocks."""
         self._executor.shutdown()

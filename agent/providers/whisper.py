@@ -59,6 +59,8 @@ WINDOW_FRAMES = 3000
 """Mel frames in one 30 s Whisper window (10 ms hop)."""
 FRAMES_PER_S = 100
 WINDOW_S = 30.0
+PARTIAL_PRIORITY = 10
+"""Executor priority of partial transcripts: finals (priority 0) overtake queued partials."""
 MAX_NEW_TOKENS = 224
 """Whisper's own decode limit for one window (half its 448-token context)."""
 
@@ -186,7 +188,9 @@ class WhisperSTT:
 
     The model loads once in the constructor (blocking, ~1 s) and is shared by
     every session. Inference runs on a dedicated single worker thread, so
-    concurrent calls queue instead of competing for the cores.
+    concurrent calls queue instead of competing for the cores; a final
+    transcription overtakes queued partial ones, and a cancelled request
+    leaves the queue at once.
     """
 
     sample_rate: int = PIPELINE_RATE
@@ -255,7 +259,12 @@ class WhisperSTT:
                 self.stats.calls += 1
                 self.stats.skipped += 1
             return Transcript("", 0.0, audio.size / self.sample_rate, 0.0)
-        return await self._executor.run(self.transcribe_blocking, audio, partial=partial)
+        return await self._executor.run(
+            self._transcribe_job, audio, partial, priority=PARTIAL_PRIORITY if partial else 0
+        )
+
+    def _transcribe_job(self, audio: FloatPCM, partial: bool) -> Transcript:
+        return self.transcribe_blocking(audio, partial=partial)
 
     def transcribe_blocking(self, audio: FloatPCM, *, partial: bool = False) -> Transcript:
         """Blocking transcription (for worker threads, benchmarks and tools)."""
@@ -283,8 +292,15 @@ class WhisperSTT:
             confidence = 0.0
         return Transcript(text, confidence, audio_s, time.perf_counter() - started)
 
+    async def aclose(self) -> None:
+        """Stop the worker thread without waiting for a running decode; idempotent.
+
+        Queued requests fail with ``ExecutorClosedError`` (a ``ProviderError``).
+        """
+        self.close()
+
     def close(self) -> None:
-        """Stop the worker thread (queued work finishes first)."""
+        """Like ``aclose()``, for synchronous callers; never blocks."""
         self._executor.shutdown()
 
     # ------------------------------------------------------------ internals
