@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
-from agent.llm import ChatMessage
+from agent.llm import ChatMessage, ToolCall
 
 
 class ChatHistory:
-    """User/assistant messages of a conversation, keeping the last ``max_turns`` turns.
+    """User/assistant/tool messages of a conversation, keeping the last ``max_turns`` turns.
 
-    A turn is one user message and the assistant reply to it. An interrupted
-    reply is stored as the text the caller heard, flagged ``interrupted``;
-    a reply the caller heard nothing of is not stored at all.
+    A turn is one user message and everything the agent did in answer to it:
+    assistant messages, tool calls and their results. Trimming drops whole
+    turns, so a tool call is never kept without its result (or the reverse).
+    An interrupted reply is stored as the text the caller heard, flagged
+    ``interrupted``; a reply the caller heard nothing of is not stored at all.
     """
 
     def __init__(self, system_prompt: str, max_turns: int = 8) -> None:
@@ -37,14 +40,50 @@ class ChatHistory:
         self._messages.append(ChatMessage("assistant", text, interrupted))
         self._trim()
 
+    def add_tool_exchange(
+        self, calls: Sequence[ToolCall], results: dict[str, str], text: str = ""
+    ) -> None:
+        """Append an assistant message with its tool calls, then one result per call.
+
+        ``results`` maps call ids to the tools' outputs; every call must have
+        one (a call without its result would make the next request invalid).
+        """
+        missing = [c.id for c in calls if c.id not in results]
+        if missing:
+            raise ValueError(f"tool calls without results: {', '.join(missing)}")
+        if not calls:
+            return
+        self._messages.append(ChatMessage("assistant", text, tool_calls=tuple(calls)))
+        for call in calls:
+            self._messages.append(
+                ChatMessage("tool", results[call.id], tool_call_id=call.id, name=call.name)
+            )
+        self._trim()
+
     def restore(self, messages: list[ChatMessage]) -> None:
-        """Start from a saved conversation (e.g. resuming a session in another process)."""
+        """Start from a saved conversation (e.g. resuming a session in another process).
+
+        Tool results whose call is not in the saved messages, and assistant
+        tool calls whose results are missing, are dropped.
+        """
         self._messages.clear()
+        answered = {m.tool_call_id for m in messages if m.role == "tool"}
+        called: set[str] = set()
         for m in messages:
             if m.role == "user":
                 self.add_user(m.content)
+            elif m.role == "assistant" and m.tool_calls:
+                ids = {c.id for c in m.tool_calls}
+                if ids <= answered:
+                    called |= ids
+                    self._messages.append(m)
+                elif m.content.strip():
+                    self.add_assistant(m.content, interrupted=m.interrupted)
             elif m.role == "assistant":
                 self.add_assistant(m.content, interrupted=m.interrupted)
+            elif m.role == "tool" and m.tool_call_id in called:
+                self._messages.append(m)
+        self._trim()
 
     def messages(self) -> list[ChatMessage]:
         """The stored messages, oldest first (no system prompt)."""
@@ -70,5 +109,6 @@ class ChatHistory:
             dropped = self._messages.popleft()
             if dropped.role == "user":
                 users -= 1
-            while self._messages and self._messages[0].role == "assistant":
+            # drop the rest of that turn: replies, tool calls and their results
+            while self._messages and self._messages[0].role != "user":
                 self._messages.popleft()

@@ -1,44 +1,44 @@
-"""VoiceSession: one call's conversation (VAD -> turns -> STT -> LLM -> TTS -> playout).
+"""VoiceSession: one call's conversation, its state, history and events.
 
 The session knows nothing about transports. A transport pushes 16 kHz mono
 frames with ``push_audio`` and pulls the agent's audio from ``playout``; the
 session emits typed events to its sinks and its ``events()`` stream.
 
-Tasks: the audio loop, the reply of the moment, and short-lived STT tasks
-(partial, speculative final, turn finalisation). All are created through
-``_spawn``, tracked, and cancelled and awaited by ``close()``.
+It owns three collaborators and wires them together:
+- the ``Listener`` (audio loop, VAD, turn detector, partial / speculative /
+  final STT) reports what the caller does through the ``Hearing`` methods
+  below;
+- the ``InterruptionController`` (a pure state machine) decides when the
+  caller's speech pauses, cancels or resumes the active reply;
+- each reply is a ``Reply`` run as the task of its ``SpeechHandle`` (LLM,
+  chunker, TTS, playout, per-turn metrics).
 
-Barge-in: while a reply is active (THINKING or SPEAKING), caller speech held
-for ``interruption.min_speech_ms`` pauses the playout at once. The
-interruption is confirmed when the caller's speech yields
-``interruption.min_words`` words (partial or final transcript): the reply is
-cancelled, its queued audio dropped, and only the heard text enters the
-history, flagged as interrupted. If the speech yields no words (a cough, a
-door), the reply resumes from where it paused (false interruption).
+The session keeps what is left: the lifecycle, the state machine (one
+transition table, one writer: ``_set_state``), the chat history and the
+events. Turn ids are unique per session across calls and processes.
+
+A user turn that is transcribed while the caller is already speaking again
+(or while a later turn still waits for its transcript) does not start a
+reply: its text is held and merged into the next turn, so the agent never
+answers half a sentence over the caller. Speech while the agent is thinking
+is barge-in like speech while it speaks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import numpy as np
-
-from agent.chunker import SentenceChunker
 from agent.config import AgentConfig
 from agent.errors import AgentError, ProviderError, SessionClosedError
 from agent.events import (
     AgentEvent,
     ErrorEvent,
     InterruptionEvent,
-    MetricsEvent,
-    ReplyDeltaEvent,
     ReplyEvent,
     SessionState,
     StateEvent,
@@ -46,23 +46,25 @@ from agent.events import (
     VadEvent,
 )
 from agent.history import ChatHistory
+from agent.interruption import BargeInAction, InterruptionController, InterruptionSettings
+from agent.listener import Listener, UserTurn
 from agent.llm import ChatMessage
+from agent.reply import Reply, ReplyPlan
 from agent.runtime import AgentModels
 from agent.speech import SpeechHandle
 from agent.stt import Transcript
-from agent.turns import TurnDetector, TurnEvent, TurnEventKind
-from agent.vad import WINDOW_SAMPLES
+from agent.tasks import TaskOwner
+from agent.turnclock import TurnClock
 from media.errors import AudioFormatError
 from media.frames import PIPELINE_RATE, AudioFrame, FloatPCM
 from media.playout import PlayoutBuffer
-from media.resample import StreamResampler
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[AgentEvent], None]
 """A synchronous, non-blocking receiver of session events (e.g. the store's writer)."""
 
-_TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
     SessionState.LISTENING: frozenset({SessionState.THINKING, SessionState.CLOSED}),
     SessionState.THINKING: frozenset(
         {SessionState.SPEAKING, SessionState.LISTENING, SessionState.CLOSED}
@@ -74,51 +76,16 @@ _TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 }
 """Every allowed state change, in one place."""
 
-INPUT_QUEUE_FRAMES = 150
-"""Inbound audio queue bound: 3 s of 20 ms frames; the oldest frame is dropped past it."""
 EVENT_QUEUE_SIZE = 512
 """Outbound event queue bound; the oldest event is dropped past it."""
 
-
-@dataclass(slots=True)
-class _TurnClock:
-    """Wall-clock marks of one turn, for its metrics (monotonic seconds)."""
-
-    speech_end: float
-    turn_end: float
-    stt_final_s: float | None = None
-    stt_ready: float | None = None
-    speculative_hit: bool = False
-    llm_start: float | None = None
-    llm_first_token: float | None = None
-    llm_tokens: int = 0
-    tts_first_chunk: float | None = None
-    tts_first_audio: float | None = None
+FATAL_TASKS = frozenset({"audio-loop"})
+"""Tasks without which the call cannot go on: their failure closes the session."""
 
 
-@dataclass(slots=True)
-class _BargeIn:
-    """A caller's speech that started while a reply was active."""
-
-    reply: SpeechHandle
-    speech_start: float
-    paused: bool = False
-    confirmed: bool = False
-    speech_end: float | None = None
-
-
-@dataclass(slots=True)
-class _Speculation:
-    """A final transcription started while the end-of-turn silence timer runs."""
-
-    speech_end: float
-    task: asyncio.Task[Transcript]
-
-
-@dataclass(slots=True)
-class _Inbound:
-    frame: AudioFrame
-    arrival: float = field(default_factory=time.monotonic)
+def new_turn_id() -> str:
+    """A turn id unique across calls and processes, ordered by creation time (ms)."""
+    return f"turn_{time.time_ns() // 1_000_000:011x}{secrets.token_hex(4)}"
 
 
 class VoiceSession:
@@ -145,26 +112,33 @@ class VoiceSession:
         self.playout = PlayoutBuffer(output_rate)
         self.history = ChatHistory(config.system_prompt, config.llm.max_history_turns)
         self.history.restore(list(history))
-        self._detector = TurnDetector(config.turn.to_settings(), config.vad.to_settings())
-        self._vad = models.vad.stream()
         self._generation = config.llm.generation()
         self._fillers = frozenset(config.interruption.filler_words)
+        ic = config.interruption
+        self._barge = InterruptionController(
+            InterruptionSettings(
+                ic.enabled, ic.min_speech_ms, ic.min_words, ic.false_interruption_timeout_ms
+            )
+        )
+        self._tasks = TaskOwner(f"session {self.id}", self._task_failed)
+        vad = models.vad.stream()
+
+        async def run_vad(windows: FloatPCM) -> Sequence[float]:
+            probs: Sequence[float] = await models.vad_executor.run(vad.process, windows)
+            return probs
+
+        self._listener = Listener(
+            config, models.stt, run_vad, self, new_turn_id, on_failure=self._task_failed
+        )
         self._state = SessionState.LISTENING
-        self._inbound: asyncio.Queue[_Inbound] = asyncio.Queue(INPUT_QUEUE_FRAMES)
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue(EVENT_QUEUE_SIZE)
-        self._pending = np.zeros(0, np.float32)
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._reply: SpeechHandle | None = None
-        self._clocks: dict[str, _TurnClock] = {}
-        self._barge: _BargeIn | None = None
-        self._speculation: _Speculation | None = None
-        self._partial: asyncio.Task[None] | None = None
-        self._last_partial_at = 0.0
-        self._turn_seq = 0
-        self._turn_id = ""
-        self._arrival = 0.0
-        self.dropped_frames = 0
+        self._replies: dict[str, Reply] = {}
+        self._held: list[UserTurn] = []
+        self._closing: asyncio.Task[None] | None = None
         self.dropped_events = 0
+        self.failure: str | None = None
+        """Why the session closed itself (a fatal task failure), if it did."""
         self._started = False
 
     # ------------------------------------------------------------ lifecycle
@@ -177,25 +151,29 @@ class VoiceSession:
         await self.close()
 
     async def start(self) -> None:
-        """Start the audio loop (and speak the greeting, if configured)."""
+        """Start listening (and speak the greeting, if configured)."""
         if self._started:
             return
         self._started = True
-        self._spawn(self._audio_loop(), "audio-loop")
+        self._listener.start()
         if self.config.greeting:
-            self._start_reply(self._new_turn_id(), None, canned=self.config.greeting)
+            greeting = ReplyPlan(canned=self.config.greeting)
+            self._start_reply(new_turn_id(), TurnClock.now(), greeting)
 
     async def close(self) -> None:
-        """End the call: cancel all work, commit what was heard, emit CLOSED."""
+        """End the call: cancel all work, commit what was heard, emit CLOSED (idempotent)."""
         if self._state is SessionState.CLOSED:
             return
-        if self._reply is not None and not self._reply.done:
-            self._reply.interrupt()
-            self._commit_reply(self._reply)
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        closing = self._closing
+        if closing is not None and closing is not asyncio.current_task():
+            await asyncio.shield(closing)  # a fatal failure is closing it already
+            return
+        reply = self._reply
+        if reply is not None and not reply.done:
+            reply.interrupt()
+            self._commit_reply(reply)
+        await self._listener.aclose()
+        await self._tasks.aclose()
         self._set_state(SessionState.CLOSED)
 
     @property
@@ -210,17 +188,26 @@ class VoiceSession:
 
     @property
     def active_tasks(self) -> int:
-        """Tasks the session still owns (0 after ``close()``)."""
-        return sum(1 for t in self._tasks if not t.done())
+        """Tasks the session and its listener still own (0 after ``close()``)."""
+        return self._tasks.active + self._listener.active_tasks
+
+    @property
+    def dropped_frames(self) -> int:
+        """Inbound frames dropped because the pipeline fell 3 s behind."""
+        return self._listener.dropped_frames
+
+    @property
+    def reply(self) -> SpeechHandle | None:
+        """The active reply, if any."""
+        return self._reply
 
     # ---------------------------------------------------------------- input
 
     def push_audio(self, frame: AudioFrame) -> None:
         """Queue an inbound frame (16 kHz mono int16); never blocks.
 
-        Raises ``AudioFormatError`` for any other format: transports resample
-        at their edge (``media.resample.FrameNormalizer``). Past the queue
-        bound the oldest frame is dropped and counted in ``dropped_frames``.
+        Raises ``AudioFormatError`` for any other format: the call bridge
+        normalises at its edge (``media.resample.FrameNormalizer``).
         """
         if self.closed:
             raise SessionClosedError("session is closed")
@@ -229,23 +216,20 @@ class VoiceSession:
                 f"session expects {PIPELINE_RATE} Hz mono audio, "
                 f"got {frame.sample_rate} Hz with {frame.channels} channels"
             )
-        if self._inbound.full():
-            self._inbound.get_nowait()
-            self.dropped_frames += 1
-        self._inbound.put_nowait(_Inbound(frame))
+        self._listener.push(frame)
 
     async def send_text(self, text: str) -> None:
-        """Typed input from the caller: a complete user turn."""
+        """Typed input from the caller: a complete user turn (it supersedes a reply)."""
         if self.closed:
             raise SessionClosedError("session is closed")
         text = text.strip()
         if not text:
             return
-        turn_id = self._new_turn_id()
+        turn_id = new_turn_id()
         self._emit(TranscriptEvent(turn_id=turn_id, text=text, final=True, confidence=1.0))
-        self._confirm_interruption()
-        now = time.monotonic()
-        self._start_reply(turn_id, _TurnClock(speech_end=now, turn_end=now), user_text=text)
+        self._interrupt_reply()
+        self._hold(UserTurn(turn_id, Transcript(text, 1.0, 0.0, 0.0), TurnClock.now()))
+        self._start_held()
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         """Events as they happen, until the session closes."""
@@ -255,332 +239,190 @@ class VoiceSession:
             if isinstance(event, StateEvent) and event.state is SessionState.CLOSED:
                 return
 
-    async def wait_settled(self, poll_s: float = 0.002) -> None:
+    async def wait_settled(
+        self, poll_s: float = 0.002, *, transcripts: bool = True, reply: bool = True
+    ) -> None:
         """Wait until no pipeline work is pending that would change the output.
 
         For offline, faster-than-real-time drivers (``python -m agent call
-        --fast``): queued input is processed, STT tasks are done, and an
-        active reply either has audio ready to play or has nothing more to
-        generate.
+        --fast``) and tests: queued input is processed, STT tasks are done
+        (unless ``transcripts`` is False), and an active reply either has
+        audio ready to play or has nothing more to generate (unless
+        ``reply`` is False).
         """
         while not self.closed:
-            if self._settled():
+            if self._settled(transcripts, reply):
                 return
             await asyncio.sleep(poll_s)
 
-    def _settled(self) -> bool:
-        if not self._inbound.empty():
+    def _settled(self, transcripts: bool, wait_reply: bool) -> bool:
+        if not self._listener.settled(transcripts=transcripts):
             return False
         reply = self._reply
-        reply_task = reply.task if reply is not None else None
-        for task in self._tasks:
-            if task.get_name() != "audio-loop" and task is not reply_task and not task.done():
-                return False
-        if reply is None or reply.done:
+        if not wait_reply or reply is None or reply.done:
             return True
         has_audio = self.playout.buffered_ms >= self.playout.frame_ms
         return has_audio or reply.generation_done or self.playout.paused
 
-    # ------------------------------------------------------------ the audio loop
+    # ------------------------------------------------------------ what the listener hears
 
-    async def _audio_loop(self) -> None:
-        while True:
-            item = await self._inbound.get()
-            parts = [item.frame.to_float()]
-            while not self._inbound.empty():
-                item = self._inbound.get_nowait()
-                parts.append(item.frame.to_float())
-            self._arrival = item.arrival
-            audio = np.concatenate([self._pending, *parts])
-            n = audio.size // WINDOW_SAMPLES
-            self._pending = audio[n * WINDOW_SAMPLES :]
-            if n == 0:
-                continue
-            windows = audio[: n * WINDOW_SAMPLES]
-            probs = await self._models.vad_executor.run(self._vad.process, windows)
-            for i, prob in enumerate(probs):
-                window = windows[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES]
-                for event in self._detector.process(window, prob):
-                    self._on_turn_event(event)
-                self._after_window()
+    def speech_started(self, turn_id: str, speech_start: float, now: float) -> None:
+        """See ``agent.listener.Hearing``."""
+        self._emit(VadEvent(speaking=True, stream_time=speech_start))
+        self._apply(self._barge.speech_started(speech_start, now))
 
-    def _wall(self, stream_time: float) -> float:
-        """Monotonic time at which input stream position ``stream_time`` arrived."""
-        return self._arrival - (self._detector.now - stream_time)
+    def speech_paused(self, turn_id: str, speech_end: float) -> None:
+        """See ``agent.listener.Hearing``."""
+        self._emit(VadEvent(speaking=False, stream_time=speech_end))
+        self._barge.speech_paused(speech_end)
 
-    def _after_window(self) -> None:
-        det = self._detector
-        barge = self._barge
-        if barge is not None and not barge.confirmed:
-            if (
-                not barge.paused
-                and det.in_speech
-                and det.speech_duration() * 1000 >= self.config.interruption.min_speech_ms
-            ):
-                self._pause_for_barge_in(barge)
-            elif (
-                barge.paused
-                and barge.speech_end is not None
-                and not det.in_speech
-                and det.now - barge.speech_end
-                >= self.config.interruption.false_interruption_timeout_ms / 1000
-            ):
-                self._resume_after_false_interruption()
-        stt = self.config.stt
-        if stt.partials and det.in_speech and (self._partial is None or self._partial.done()):
-            interval = stt.partial_interval_ms / 1000
-            if barge is not None and barge.paused:
-                interval = min(interval, 0.3)
-            if det.now - self._last_partial_at >= interval and det.speech_duration() >= 0.3:
-                self._last_partial_at = det.now
-                self._partial = self._spawn(self._run_partial(self._turn_id), "stt-partial")
+    def speech_resumed(self, turn_id: str, now: float) -> None:
+        """See ``agent.listener.Hearing``."""
+        self._emit(VadEvent(speaking=True, stream_time=now))
+        self._apply(self._barge.speech_resumed(now))
 
-    def _on_turn_event(self, event: TurnEvent) -> None:
-        kind = event.kind
-        if kind is TurnEventKind.SPEECH_STARTED:
-            self._turn_id = self._new_turn_id()
-            self._last_partial_at = self._detector.now
-            self._emit(VadEvent(speaking=True, stream_time=event.speech_start))
-            reply = self._reply
-            if reply is not None and not reply.done and self.config.interruption.enabled:
-                self._barge = _BargeIn(reply, event.speech_start)
-        elif kind is TurnEventKind.SPEECH_PAUSED:
-            self._emit(VadEvent(speaking=False, stream_time=event.speech_end or event.time))
-            if self._barge is not None:
-                self._barge.speech_end = event.speech_end
-            if self.config.turn.speculative_stt and event.speech_end is not None:
-                audio = self._detector.utterance_audio(until_speech_end=True)
-                task = self._spawn(self._models.stt.transcribe(audio), "stt-speculative")
-                self._speculation = _Speculation(event.speech_end, task)
-        elif kind is TurnEventKind.SPEECH_RESUMED:
-            self._emit(VadEvent(speaking=True, stream_time=event.time))
-            self._drop_speculation()
-            if self._barge is not None:
-                self._barge.speech_end = None
-        elif kind is TurnEventKind.SPEECH_DISCARDED:
-            self._drop_speculation()
-            if self._barge is not None and self._barge.paused and not self._barge.confirmed:
-                self._resume_after_false_interruption()
-            self._barge = None
-        elif kind is TurnEventKind.TURN_ENDED:
-            speech_end = event.speech_end if event.speech_end is not None else event.time
-            clock = _TurnClock(speech_end=self._wall(speech_end), turn_end=time.monotonic())
-            audio = self._detector.utterance_audio(until_speech_end=True)
-            spec = self._speculation
-            self._speculation = None
-            if spec is not None and spec.speech_end != speech_end:
-                spec.task.cancel()
-                spec = None
-            self._spawn(self._finish_turn(self._turn_id, audio, spec, clock), "turn-finish")
+    def speech_discarded(self, turn_id: str, now: float) -> None:
+        """See ``agent.listener.Hearing``."""
+        self._apply(self._barge.speech_ended())
+        self._start_held()
 
-    def _drop_speculation(self) -> None:
-        if self._speculation is not None:
-            self._speculation.task.cancel()
-            self._speculation = None
+    def stream_advanced(self, now: float) -> None:
+        """See ``agent.listener.Hearing``."""
+        self._apply(self._barge.advance(now))
 
-    # ------------------------------------------------------------ STT stages
-
-    async def _run_partial(self, turn_id: str) -> None:
-        audio = self._detector.utterance_audio()
-        try:
-            result = await self._models.stt.transcribe(audio, partial=True)
-        except ProviderError as exc:
-            self._emit_error("stt", exc)
-            return
-        if not result.text or turn_id != self._turn_id or not self._detector.in_turn:
-            return
+    def partial_transcript(self, turn_id: str, transcript: Transcript) -> None:
+        """See ``agent.listener.Hearing``."""
         self._emit(
             TranscriptEvent(
-                turn_id=turn_id, text=result.text, final=False, confidence=result.confidence
+                turn_id=turn_id, text=transcript.text, final=False, confidence=transcript.confidence
             )
         )
-        self._check_barge_words(self._content_words(result.text))
+        self._apply(self._barge.words_heard(self._content_words(transcript.text)))
 
-    async def _finish_turn(
-        self, turn_id: str, audio: FloatPCM, spec: _Speculation | None, clock: _TurnClock
-    ) -> None:
-        try:
-            if spec is not None:
-                result = await spec.task
-                clock.speculative_hit = True
-            else:
-                result = await self._models.stt.transcribe(audio)
-        except ProviderError as exc:
-            self._emit_error("stt", exc)
-            self._resume_if_barge_pending()
-            return
-        clock.stt_final_s = result.processing_s
-        clock.stt_ready = time.monotonic()
-        if self._content_words(result.text) == 0:
-            self._resume_if_barge_pending()
-            self._barge = None
-            return
-        self._emit(
-            TranscriptEvent(
-                turn_id=turn_id, text=result.text, final=True, confidence=result.confidence
+    def user_turn(self, turn: UserTurn) -> None:
+        """See ``agent.listener.Hearing``: a turn with its final transcript."""
+        words = self._content_words(turn.transcript.text)
+        if words:
+            self._emit(
+                TranscriptEvent(
+                    turn_id=turn.turn_id,
+                    text=turn.transcript.text,
+                    final=True,
+                    confidence=turn.transcript.confidence,
+                )
             )
-        )
-        self._confirm_interruption()
-        self._start_reply(turn_id, clock, user_text=result.text)
+        # A turn with words supersedes the active reply: it is committed (as heard)
+        # before the caller's new words enter the history.
+        self._apply(self._barge.turn_transcribed(words))
+        if words:
+            self._hold(turn)
+        self._start_held()
 
-    # ------------------------------------------------------------ barge-in
+    def stt_failed(self, turn_id: str, error: ProviderError, final: bool) -> None:
+        """See ``agent.listener.Hearing``."""
+        self._emit_error("stt", error)
+        if final:
+            self._apply(self._barge.turn_transcribed(0))
+            self._start_held()
+
+    # ------------------------------------------------------------ user turns
+
+    def _hold(self, turn: UserTurn) -> None:
+        self.history.add_user(turn.transcript.text)
+        self._held.append(turn)
+
+    def _start_held(self) -> None:
+        """Answer the held user turn(s), unless the caller is still talking."""
+        if not self._held or self.closed:
+            return
+        if self._listener.in_turn or self._listener.finals_pending:
+            return  # more is coming: the next turn's text joins these
+        last = self._held[-1]
+        self._held.clear()
+        self._start_reply(last.turn_id, last.clock, ReplyPlan(messages=self.history.context()))
 
     def _content_words(self, text: str) -> int:
         """Words of a transcript that are not fillers or backchannels."""
         words = (w.strip(".,!?;:\"'") for w in text.lower().split())
         return sum(1 for w in words if w and w not in self._fillers)
 
-    def _pause_for_barge_in(self, barge: _BargeIn) -> None:
-        if barge.reply.done:
-            self._barge = None
-            return
-        barge.paused = True
-        self.playout.pause()
-        self._emit(InterruptionEvent(turn_id=barge.reply.turn_id, phase="paused"))
-        if self.config.interruption.min_words == 0:
-            self._confirm_interruption()
+    # ------------------------------------------------------------ barge-in
 
-    def _check_barge_words(self, words: int) -> None:
-        barge = self._barge
-        if (
-            barge is not None
-            and barge.paused
-            and not barge.confirmed
-            and words >= self.config.interruption.min_words
-        ):
-            self._confirm_interruption()
+    def _apply(self, actions: list[BargeInAction]) -> None:
+        for action in actions:
+            reply = self._reply
+            if action is BargeInAction.PAUSE:
+                self.playout.pause()
+                self._listener.urgent_partials = True
+                if reply is not None:
+                    self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=action.value))
+            elif action is BargeInAction.RESUME:
+                self.playout.resume()
+                self._listener.urgent_partials = False
+                if reply is not None and not reply.done:
+                    self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=action.value))
+            else:
+                self._listener.urgent_partials = False
+                self._interrupt_reply()
 
-    def _confirm_interruption(self) -> None:
+    def _interrupt_reply(self) -> None:
         """Stop the active reply for good (the caller spoke or typed over it)."""
         reply = self._reply
-        barge = self._barge
-        self._barge = None
         if reply is None or reply.done:
             return
-        if barge is not None:
-            barge.confirmed = True
         reply.interrupt()
-        self._emit(InterruptionEvent(turn_id=reply.turn_id, phase="confirmed"))
+        self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=BargeInAction.CONFIRM.value))
         self._commit_reply(reply)
 
-    def _resume_if_barge_pending(self) -> None:
-        if self._barge is not None and self._barge.paused and not self._barge.confirmed:
-            self._resume_after_false_interruption()
+    # ------------------------------------------------------------ replies
 
-    def _resume_after_false_interruption(self) -> None:
-        barge = self._barge
-        self._barge = None
-        self.playout.resume()
-        if barge is not None and not barge.reply.done:
-            self._emit(InterruptionEvent(turn_id=barge.reply.turn_id, phase="resumed"))
-
-    # ------------------------------------------------------------ the reply
-
-    def _start_reply(
-        self,
-        turn_id: str,
-        clock: _TurnClock | None,
-        *,
-        user_text: str | None = None,
-        canned: str | None = None,
-    ) -> None:
-        if user_text is not None:
-            self.history.add_user(user_text)
+    def _start_reply(self, turn_id: str, clock: TurnClock, plan: ReplyPlan) -> None:
+        self._interrupt_reply()
         handle = SpeechHandle(turn_id=turn_id, playout=self.playout)
-        now = time.monotonic()
-        self._clocks[handle.id] = clock or _TurnClock(speech_end=now, turn_end=now)
-        self.playout.open_utterance(handle.id)
+        reply = Reply(
+            handle,
+            plan,
+            clock,
+            llm=self._models.llm,
+            tts=self._models.tts,
+            playout=self.playout,
+            generation=self._generation,
+            chunker=self.config.chunker.to_settings(),
+            emit=self._emit,
+            on_speaking=self._on_speaking,
+        )
+        self._replies[handle.id] = reply
         self._reply = handle
         self._set_state(SessionState.THINKING)
-        handle.task = self._spawn(self._run_reply(handle, canned), "reply")
+        handle.task = self._tasks.spawn(self._run_reply(reply), "reply")
+        self._apply(self._barge.reply_started(self._listener.now))
 
-    async def _run_reply(self, handle: SpeechHandle, canned: str | None) -> None:
-        clock = self._clocks[handle.id]
-        chunks: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
+    async def _run_reply(self, reply: Reply) -> None:
+        handle = reply.handle
         failure: AgentError | None = None
         try:
             try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._produce_text(handle, clock, chunks, canned))
-                    group.create_task(self._synthesize(handle, clock, chunks))
-                    group.create_task(self._mark_speaking(handle))
-            except* AgentError as eg:
-                failure = eg.exceptions[0]  # type: ignore[assignment]
-            except* Exception as eg:
-                log.error("session %s: reply failed", self.id, exc_info=eg.exceptions[0])
-                failure = AgentError(f"internal error: {type(eg.exceptions[0]).__name__}")
+                await reply.run()
+            except* AgentError as group:
+                failure = group.exceptions[0]  # type: ignore[assignment]
+            except* Exception as group:
+                log.error("session %s: reply failed", self.id, exc_info=group.exceptions[0])
+                failure = AgentError(f"internal error: {type(group.exceptions[0]).__name__}")
             if failure is not None:
                 self._emit_error("reply", failure)
                 handle.interrupted = True  # commit only what was heard before the failure
                 self.playout.clear(handle.id)
-            else:
-                handle.generation_done = True
-                self.playout.finish_utterance(handle.id)
-                await self.playout.wait_done(handle.id)
         finally:
-            # Interrupted replies were committed by _confirm_interruption already.
             self._commit_reply(handle)
 
-    async def _produce_text(
-        self,
-        handle: SpeechHandle,
-        clock: _TurnClock,
-        chunks: asyncio.Queue[str | None],
-        canned: str | None,
-    ) -> None:
-        chunker = SentenceChunker(self.config.chunker.to_settings())
-        if canned is not None:
-            handle.text = canned
-            for chunk in chunker.feed(canned) + chunker.flush():
-                await chunks.put(chunk)
-            await chunks.put(None)
-            return
-        clock.llm_start = time.monotonic()
-        stream = self._models.llm.stream(self.history.context(), self._generation)
-        async with contextlib.aclosing(stream) as pieces:
-            async for piece in pieces:
-                if clock.llm_first_token is None:
-                    clock.llm_first_token = time.monotonic()
-                clock.llm_tokens += 1
-                handle.text += piece
-                self._emit(ReplyDeltaEvent(turn_id=handle.turn_id, text=piece))
-                for chunk in chunker.feed(piece):
-                    await chunks.put(chunk)
-        for chunk in chunker.flush():
-            await chunks.put(chunk)
-        await chunks.put(None)
-
-    async def _synthesize(
-        self, handle: SpeechHandle, clock: _TurnClock, chunks: asyncio.Queue[str | None]
-    ) -> None:
-        tts = self._models.tts
-        while (text := await chunks.get()) is not None:
-            if handle.interrupted:
-                return  # clear() woke us before the cancellation arrived: stop here
-            segment = self.playout.open_segment(handle.id, text)
-            resampler = StreamResampler(tts.sample_rate, self.playout.sample_rate)
-            if clock.tts_first_chunk is None:
-                clock.tts_first_chunk = time.monotonic()
-            stream = tts.stream(text)
-            async with contextlib.aclosing(stream) as pcm_chunks:
-                async for pcm in pcm_chunks:
-                    if handle.interrupted:
-                        return
-                    if clock.tts_first_audio is None:
-                        clock.tts_first_audio = time.monotonic()
-                    await self.playout.push(segment, resampler.process(pcm))
-            await self.playout.push(segment, resampler.flush())
-            self.playout.close_segment(segment)
-
-    async def _mark_speaking(self, handle: SpeechHandle) -> None:
-        await self.playout.wait_started(handle.id)
+    def _on_speaking(self, handle: SpeechHandle) -> None:
         if self._reply is handle and self._state is SessionState.THINKING:
             self._set_state(SessionState.SPEAKING)
 
     def _commit_reply(self, handle: SpeechHandle) -> None:
         """Record the reply as heard, emit its events, return to LISTENING (once)."""
-        clock = self._clocks.pop(handle.id, None)
-        if clock is None:
+        reply = self._replies.pop(handle.id, None)
+        if reply is None:
             return  # already committed
         heard = handle.heard_text if handle.interrupted else handle.text.strip()
         self.history.add_assistant(heard, interrupted=handle.interrupted)
@@ -592,44 +434,25 @@ class VoiceSession:
                 interrupted=handle.interrupted,
             )
         )
-        self._emit(self._metrics(handle, clock))
+        first_audio = self.playout.first_audio_at(handle.id)
+        self._emit(reply.clock.metrics(handle.turn_id, first_audio, handle.interrupted))
         self.playout.forget(handle.id)
         if self._reply is handle:
             self._reply = None
+            self._barge.reply_ended()
+            self._listener.urgent_partials = False
+            if self.playout.paused:
+                self.playout.resume()
             if self._state in (SessionState.THINKING, SessionState.SPEAKING):
                 self._set_state(SessionState.LISTENING)
 
-    def _metrics(self, handle: SpeechHandle, clock: _TurnClock) -> MetricsEvent:
-        first_audio = self.playout.first_audio_at(handle.id)
-
-        def ms(a: float | None, b: float | None) -> float | None:
-            return None if a is None or b is None else round((b - a) * 1000, 1)
-
-        return MetricsEvent(
-            turn_id=handle.turn_id,
-            voice_to_voice_ms=ms(clock.speech_end, first_audio),
-            end_of_turn_ms=ms(clock.speech_end, clock.turn_end),
-            stt_final_ms=None if clock.stt_final_s is None else round(clock.stt_final_s * 1000, 1),
-            stt_wait_ms=ms(clock.turn_end, clock.stt_ready),
-            llm_first_token_ms=ms(clock.llm_start, clock.llm_first_token),
-            tts_first_audio_ms=ms(clock.tts_first_chunk, clock.tts_first_audio),
-            reply_first_audio_ms=ms(clock.turn_end, first_audio),
-            llm_tokens=clock.llm_tokens,
-            speculative_hit=clock.speculative_hit,
-            interrupted=handle.interrupted,
-        )
-
     # ------------------------------------------------------------ plumbing
-
-    def _new_turn_id(self) -> str:
-        self._turn_seq += 1
-        return f"turn_{self._turn_seq}"
 
     def _set_state(self, state: SessionState) -> None:
         previous = self._state
         if state is previous:
             return
-        if state not in _TRANSITIONS[previous]:
+        if state not in TRANSITIONS[previous]:
             raise AgentError(f"invalid session transition {previous.value} -> {state.value}")
         self._state = state
         self._emit(StateEvent(state=state, previous=previous))
@@ -650,18 +473,17 @@ class VoiceSession:
         log.warning("session %s: %s stage failed: %s", self.id, stage, exc)
         self._emit(ErrorEvent(stage=stage, message=str(exc), retryable=retryable))
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._reaped)
-        return task
-
-    def _reaped(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("session %s: task %s failed", self.id, task.get_name(), exc_info=exc)
-            if self._state is not SessionState.CLOSED:
-                self._emit(
-                    ErrorEvent(stage=task.get_name(), message=type(exc).__name__, retryable=False)
-                )
+    def _task_failed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
+        name = task.get_name()
+        log.error("session %s: task %s failed", self.id, name, exc_info=exc)
+        if self.closed:
+            return
+        self._emit(ErrorEvent(stage=name, message=type(exc).__name__, retryable=False))
+        if name in FATAL_TASKS and self._closing is None:
+            # Without its audio loop the call is deaf: end it rather than leave it open.
+            # The closing task is kept here; a concurrent close() by the call's
+            # owner waits for it (see close()).
+            self.failure = f"{name} failed: {type(exc).__name__}"
+            self._closing = asyncio.get_running_loop().create_task(
+                self.close(), name=f"session-close-{self.id}"
+            )

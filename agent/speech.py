@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass, field
 
+from agent.llm import ToolCall
 from media.playout import PlayoutBuffer, heard_text
 
 
@@ -27,6 +28,10 @@ class SpeechHandle:
     generation_done: bool = False
     """The LLM and TTS have produced everything; only playout remains."""
     task: asyncio.Task[None] | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """Tool calls the model asked for in this reply."""
+    voice: str | None = None
+    """The voice that spoke the reply's latest audio (changes on a TTS fallback)."""
 
     @property
     def done(self) -> bool:

@@ -13,7 +13,7 @@ from agent.events import (
     TranscriptEvent,
 )
 from agent.history import ChatHistory
-from agent.llm import ChatMessage
+from agent.llm import ChatMessage, ToolCall
 from store.repositories import TurnRecord
 from store.store import Store
 from store.writer import InteractionLogged, SessionEnded, SessionErrored, SessionStarted
@@ -30,17 +30,49 @@ _LATENCY_FIELDS = (
 
 
 def messages_to_json(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Chat messages as the store keeps them."""
-    return [{"role": m.role, "content": m.content, "interrupted": m.interrupted} for m in messages]
+    """Chat messages as the store keeps them (tool calls and results included)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        item: dict[str, Any] = {"role": m.role, "content": m.content, "interrupted": m.interrupted}
+        if m.tool_calls:
+            item["tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in m.tool_calls
+            ]
+        if m.tool_call_id is not None:
+            item["tool_call_id"] = m.tool_call_id
+        if m.name is not None:
+            item["name"] = m.name
+        out.append(item)
+    return out
 
 
 def messages_from_json(data: list[dict[str, Any]]) -> list[ChatMessage]:
-    """Chat messages from the store's JSON (unknown roles are skipped)."""
+    """Chat messages from the store's JSON (malformed entries and unknown roles are skipped)."""
     out: list[ChatMessage] = []
     for m in data:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            continue
         role = m.get("role")
-        if role in ("user", "assistant") and isinstance(m.get("content"), str):
-            out.append(ChatMessage(role, m["content"], bool(m.get("interrupted", False))))
+        interrupted = bool(m.get("interrupted", False))
+        if role == "user":
+            out.append(ChatMessage("user", m["content"]))
+        elif role == "assistant":
+            calls = tuple(
+                ToolCall(str(c["id"]), str(c["name"]), str(c.get("arguments", "{}")))
+                for c in m.get("tool_calls") or ()
+                if isinstance(c, dict) and c.get("id") and c.get("name")
+            )
+            out.append(ChatMessage("assistant", m["content"], interrupted, tool_calls=calls))
+        elif role == "tool" and isinstance(m.get("tool_call_id"), str):
+            name = m.get("name")
+            out.append(
+                ChatMessage(
+                    "tool",
+                    m["content"],
+                    tool_call_id=m["tool_call_id"],
+                    name=name if isinstance(name, str) else None,
+                )
+            )
     return out
 
 

@@ -1,0 +1,314 @@
+"""The listener: inbound audio -> VAD -> turn detector -> partial, speculative and final STT.
+
+It turns the caller's audio into what the session needs to know: speech
+started, paused, resumed or was discarded, partial transcripts while the
+caller speaks, and complete user turns with their final transcript. It knows
+nothing about replies; the session (its ``Hearing`` delegate) decides what
+those events mean.
+
+Tasks (owned, reaped on ``aclose``): the audio loop, at most one partial STT
+at a time, the speculative final STT started when the caller pauses, and the
+finalisation of each ended turn. Final transcriptions are asked with
+priority over partials (the STT provider orders its queue by it).
+
+Inbound bound: ``INPUT_QUEUE_FRAMES`` frames (3 s of 20 ms audio); past it
+the oldest frame is dropped and counted in ``dropped_frames``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from agent.config import AgentConfig
+from agent.errors import ProviderError
+from agent.stt import STT, Transcript
+from agent.tasks import FailureHandler, TaskOwner
+from agent.turnclock import TurnClock
+from agent.turns import TurnDetector, TurnEvent, TurnEventKind
+from agent.vad import WINDOW_SAMPLES
+from media.frames import AudioFrame, FloatPCM
+
+INPUT_QUEUE_FRAMES = 150
+"""Inbound audio queue bound: 3 s of 20 ms frames; the oldest frame is dropped past it."""
+
+URGENT_PARTIAL_INTERVAL_S = 0.3
+"""Partial interval while a paused reply waits for words to confirm a barge-in."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserTurn:
+    """A caller turn with its final transcript."""
+
+    turn_id: str
+    transcript: Transcript
+    clock: TurnClock
+
+
+class Hearing(Protocol):
+    """What the listener reports (the session implements it). Called on the event loop."""
+
+    def speech_started(self, turn_id: str, speech_start: float, now: float) -> None:
+        """Speech onset at stream time ``speech_start`` (detected at ``now``)."""
+        ...
+
+    def speech_paused(self, turn_id: str, speech_end: float) -> None:
+        """The caller stopped at ``speech_end``; the end-of-turn timer runs."""
+        ...
+
+    def speech_resumed(self, turn_id: str, now: float) -> None:
+        """The caller spoke again before the turn ended."""
+        ...
+
+    def speech_discarded(self, turn_id: str, now: float) -> None:
+        """The speech was too short to be a turn."""
+        ...
+
+    def stream_advanced(self, now: float) -> None:
+        """One VAD window was processed (stream time ``now``)."""
+        ...
+
+    def partial_transcript(self, turn_id: str, transcript: Transcript) -> None:
+        """An interim transcript of the speech under way."""
+        ...
+
+    def user_turn(self, turn: UserTurn) -> None:
+        """A turn ended and was transcribed (its text may hold no words)."""
+        ...
+
+    def stt_failed(self, turn_id: str, error: ProviderError, final: bool) -> None:
+        """A transcription failed."""
+        ...
+
+
+@dataclass(slots=True)
+class _Speculation:
+    speech_end: float
+    task: asyncio.Task[Transcript | ProviderError]
+
+
+@dataclass(slots=True)
+class _Inbound:
+    frame: AudioFrame
+    arrival: float = field(default_factory=time.monotonic)
+
+
+class Listener:
+    """Hears one call's caller. ``start()``, ``push()`` frames, ``aclose()``."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        stt: STT,
+        run_vad: Callable[[FloatPCM], Awaitable[Sequence[float]]],
+        hearing: Hearing,
+        new_turn_id: Callable[[], str],
+        on_failure: FailureHandler | None = None,
+    ) -> None:
+        self._config = config
+        self._stt = stt
+        self._run_vad = run_vad
+        self._hearing = hearing
+        self._new_turn_id = new_turn_id
+        self._detector = TurnDetector(config.turn.to_settings(), config.vad.to_settings())
+        self._inbound: asyncio.Queue[_Inbound] = asyncio.Queue(INPUT_QUEUE_FRAMES)
+        self._pending = np.zeros(0, np.float32)
+        self._tasks = TaskOwner("listener", on_failure)
+        self._partial: asyncio.Task[None] | None = None
+        self._speculation: _Speculation | None = None
+        self._last_partial_at = 0.0
+        self._arrival = 0.0
+        self._turn_id = ""
+        self._finals = 0
+        self._processing = False
+        self.urgent_partials = False
+        """Set while a paused reply waits for words: partials come faster."""
+        self.dropped_frames = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the audio loop."""
+        self._tasks.spawn(self._audio_loop(), "audio-loop")
+
+    async def aclose(self) -> None:
+        """Stop listening: cancel the audio loop and every STT task, and wait for them."""
+        await self._tasks.aclose()
+
+    # ------------------------------------------------------------ state
+
+    def push(self, frame: AudioFrame) -> None:
+        """Queue a 16 kHz mono frame; never blocks (drops the oldest past the bound)."""
+        if self._inbound.full():
+            self._inbound.get_nowait()
+            self.dropped_frames += 1
+        self._inbound.put_nowait(_Inbound(frame))
+
+    @property
+    def in_turn(self) -> bool:
+        """Whether the caller is in a turn (speaking, or in the end-of-turn pause)."""
+        return self._detector.in_turn
+
+    @property
+    def in_speech(self) -> bool:
+        """Whether the caller is speaking now."""
+        return self._detector.in_speech
+
+    @property
+    def finals_pending(self) -> int:
+        """Ended turns whose final transcript has not come back yet."""
+        return self._finals
+
+    @property
+    def now(self) -> float:
+        """Input stream position in seconds."""
+        return self._detector.now
+
+    def settled(self, *, transcripts: bool = True) -> bool:
+        """No queued input (and, with ``transcripts``, no transcription under way)."""
+        if not self._inbound.empty() or self._processing:
+            return False
+        if not transcripts:
+            return True
+        return all(t.get_name() == "audio-loop" or t.done() for t in self._tasks.tasks())
+
+    @property
+    def active_tasks(self) -> int:
+        """Tasks the listener still owns."""
+        return self._tasks.active
+
+    # ------------------------------------------------------------ the audio loop
+
+    async def _audio_loop(self) -> None:
+        while True:
+            item = await self._inbound.get()
+            self._processing = True
+            try:
+                await self._process(item)
+            finally:
+                self._processing = False
+
+    async def _process(self, item: _Inbound) -> None:
+        parts = [item.frame.to_float()]
+        while not self._inbound.empty():
+            item = self._inbound.get_nowait()
+            parts.append(item.frame.to_float())
+        self._arrival = item.arrival
+        audio = np.concatenate([self._pending, *parts])
+        n = audio.size // WINDOW_SAMPLES
+        self._pending = audio[n * WINDOW_SAMPLES :]
+        if n == 0:
+            return
+        windows = audio[: n * WINDOW_SAMPLES]
+        probs = await self._run_vad(windows)
+        for i, prob in enumerate(probs):
+            window = windows[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES]
+            for event in self._detector.process(window, float(prob)):
+                self._on_turn_event(event)
+            self._hearing.stream_advanced(self._detector.now)
+            self._schedule_partial()
+
+    def _wall(self, stream_time: float) -> float:
+        """Monotonic time at which input stream position ``stream_time`` arrived."""
+        return self._arrival - (self._detector.now - stream_time)
+
+    def _on_turn_event(self, event: TurnEvent) -> None:
+        kind = event.kind
+        det = self._detector
+        if kind is TurnEventKind.SPEECH_STARTED:
+            self._turn_id = self._new_turn_id()
+            self._last_partial_at = det.now
+            self._hearing.speech_started(self._turn_id, event.speech_start, det.now)
+        elif kind is TurnEventKind.SPEECH_PAUSED:
+            speech_end = event.speech_end if event.speech_end is not None else event.time
+            if self._config.turn.speculative_stt:
+                audio = det.utterance_audio(until_speech_end=True)
+                task = self._tasks.spawn(self._transcribe_final(audio), "stt-speculative")
+                self._speculation = _Speculation(speech_end, task)
+            self._hearing.speech_paused(self._turn_id, speech_end)
+        elif kind is TurnEventKind.SPEECH_RESUMED:
+            self._drop_speculation()
+            self._hearing.speech_resumed(self._turn_id, det.now)
+        elif kind is TurnEventKind.SPEECH_DISCARDED:
+            self._drop_speculation()
+            self._hearing.speech_discarded(self._turn_id, det.now)
+        elif kind is TurnEventKind.TURN_ENDED:
+            speech_end = event.speech_end if event.speech_end is not None else event.time
+            clock = TurnClock(speech_end=self._wall(speech_end), turn_end=time.monotonic())
+            audio = det.utterance_audio(until_speech_end=True)
+            spec = self._speculation
+            self._speculation = None
+            if spec is not None and spec.speech_end != speech_end:
+                spec.task.cancel()
+                spec = None
+            self._finals += 1
+            self._tasks.spawn(self._finish_turn(self._turn_id, audio, spec, clock), "turn-finish")
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation.task.cancel()
+            self._speculation = None
+
+    # ------------------------------------------------------------ STT
+
+    async def _transcribe_final(self, audio: FloatPCM) -> Transcript | ProviderError:
+        """A speculative final: its provider error is the turn's to report, if it is used."""
+        try:
+            return await self._stt.transcribe(audio)
+        except ProviderError as exc:
+            return exc
+
+    def _schedule_partial(self) -> None:
+        stt = self._config.stt
+        det = self._detector
+        if not stt.partials or not det.in_speech:
+            return
+        if self._partial is not None and not self._partial.done():
+            return
+        interval = stt.partial_interval_ms / 1000
+        if self.urgent_partials:
+            interval = min(interval, URGENT_PARTIAL_INTERVAL_S)
+        if det.now - self._last_partial_at >= interval and det.speech_duration() >= 0.3:
+            self._last_partial_at = det.now
+            self._partial = self._tasks.spawn(self._run_partial(self._turn_id), "stt-partial")
+
+    async def _run_partial(self, turn_id: str) -> None:
+        audio = self._detector.utterance_audio()
+        try:
+            result = await self._stt.transcribe(audio, partial=True)
+        except ProviderError as exc:
+            self._hearing.stt_failed(turn_id, exc, final=False)
+            return
+        if result.text and turn_id == self._turn_id and self._detector.in_turn:
+            self._hearing.partial_transcript(turn_id, result)
+
+    async def _finish_turn(
+        self, turn_id: str, audio: FloatPCM, spec: _Speculation | None, clock: TurnClock
+    ) -> None:
+        failure: ProviderError | None = None
+        result: Transcript | None = None
+        try:
+            if spec is not None:
+                outcome = await spec.task
+                if isinstance(outcome, ProviderError):
+                    raise outcome
+                result = outcome
+                clock.speculative_hit = True
+            else:
+                result = await self._stt.transcribe(audio)
+        except ProviderError as exc:
+            failure = exc
+        finally:
+            self._finals -= 1  # counted out before the session hears of it
+        if failure is not None or result is None:
+            assert failure is not None
+            self._hearing.stt_failed(turn_id, failure, final=True)
+            return
+        clock.stt_final_s = result.processing_s
+        clock.stt_ready = time.monotonic()
+        self._hearing.user_turn(UserTurn(turn_id, result, clock))

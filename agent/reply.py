@@ -1,0 +1,179 @@
+"""One reply of the agent: LLM -> sentence chunker -> TTS -> playout, with its metrics.
+
+A ``Reply`` runs as the task of its ``SpeechHandle``: interrupting the handle
+cancels it, and the playout buffer's per-segment accounting tells what the
+caller heard. Three stages run in one ``TaskGroup``: text (LLM tokens or a
+canned text, cut into chunks), speech (TTS per chunk, resampled to the
+playout rate off the event loop, pushed into the playout buffer) and a
+watcher that reports when the first sample is played.
+
+Bounds: at most ``CHUNK_QUEUE`` text chunks wait between the LLM and the
+TTS (the LLM waits when the TTS lags: text is never dropped); audio waits in
+the playout buffer's own bound.
+
+TTS chunks carry their own sample rate, so the voice may change between
+chunks (a fallback from a cloud voice to Piper mid-reply): each change of
+rate gets a fresh resampler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from agent.chunker import ChunkerSettings, SentenceChunker
+from agent.events import AgentEvent, ReplyDeltaEvent
+from agent.llm import (
+    LLM,
+    ChatMessage,
+    GenerationSettings,
+    TextDelta,
+    ToolCallAssembler,
+    ToolSpec,
+)
+from agent.speech import SpeechHandle
+from agent.tts import TTS, SpeechChunk
+from agent.turnclock import TurnClock
+from media.frames import PCM
+from media.playout import PlayoutBuffer, SegmentPlayback
+from media.resample import StreamResampler
+
+CHUNK_QUEUE = 8
+"""Text chunks waiting for synthesis (back-pressure on the LLM past it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyPlan:
+    """What to say: a canned text, or the LLM's answer to ``messages``."""
+
+    messages: Sequence[ChatMessage] = ()
+    canned: str | None = None
+    tools: Sequence[ToolSpec] = ()
+
+
+class Reply:
+    """Produces, speaks and accounts one utterance (run it as the handle's task)."""
+
+    def __init__(
+        self,
+        handle: SpeechHandle,
+        plan: ReplyPlan,
+        clock: TurnClock,
+        *,
+        llm: LLM,
+        tts: TTS,
+        playout: PlayoutBuffer,
+        generation: GenerationSettings,
+        chunker: ChunkerSettings,
+        emit: Callable[[AgentEvent], None],
+        on_speaking: Callable[[SpeechHandle], None],
+    ) -> None:
+        self.handle = handle
+        self.plan = plan
+        self.clock = clock
+        self._llm = llm
+        self._tts = tts
+        self._playout = playout
+        self._generation = generation
+        self._chunker = chunker
+        self._emit = emit
+        self._on_speaking = on_speaking
+
+    async def run(self) -> None:
+        """Generate and speak the reply until it is played out.
+
+        Raises what a stage raised (an ``AgentError`` for provider failures);
+        the caller commits what was heard either way.
+        """
+        handle = self.handle
+        chunks: asyncio.Queue[str | None] = asyncio.Queue(CHUNK_QUEUE)
+        self._playout.open_utterance(handle.id)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._produce_text(chunks), name="reply-text")
+            group.create_task(self._synthesize(chunks), name="reply-speech")
+            group.create_task(self._watch_start(), name="reply-start")
+        handle.generation_done = True
+        self._playout.finish_utterance(handle.id)
+        await self._playout.wait_done(handle.id)
+
+    async def _produce_text(self, chunks: asyncio.Queue[str | None]) -> None:
+        handle, clock = self.handle, self.clock
+        chunker = SentenceChunker(self._chunker)
+        if self.plan.canned is not None:
+            handle.text = self.plan.canned
+            for chunk in chunker.feed(self.plan.canned) + chunker.flush():
+                await chunks.put(chunk)
+            await chunks.put(None)
+            return
+        clock.llm_start = time.monotonic()
+        calls = ToolCallAssembler()
+        stream = self._llm.stream(self.plan.messages, self._generation, self.plan.tools)
+        async with contextlib.aclosing(stream) as deltas:
+            async for delta in deltas:
+                if clock.llm_first_token is None:
+                    clock.llm_first_token = time.monotonic()
+                clock.llm_tokens += 1
+                if not isinstance(delta, TextDelta):
+                    calls.feed(delta)
+                    continue
+                if not delta.text:
+                    continue
+                handle.text += delta.text
+                self._emit(ReplyDeltaEvent(turn_id=handle.turn_id, text=delta.text))
+                for chunk in chunker.feed(delta.text):
+                    await chunks.put(chunk)
+        if calls:
+            handle.tool_calls = calls.calls()
+        for chunk in chunker.flush():
+            await chunks.put(chunk)
+        await chunks.put(None)
+
+    async def _synthesize(self, chunks: asyncio.Queue[str | None]) -> None:
+        handle, clock, playout = self.handle, self.clock, self._playout
+        while (text := await chunks.get()) is not None:
+            if handle.interrupted:
+                return  # clear() woke us before the cancellation arrived: stop here
+            segment = playout.open_segment(handle.id, text)
+            if clock.tts_first_chunk is None:
+                clock.tts_first_chunk = time.monotonic()
+            resampler: StreamResampler | None = None
+            async with contextlib.aclosing(self._tts.stream(text)) as speech:
+                async for chunk in speech:
+                    if handle.interrupted:
+                        return
+                    if clock.tts_first_audio is None:
+                        clock.tts_first_audio = time.monotonic()
+                    handle.voice = chunk.voice
+                    if resampler is None or resampler.in_rate != chunk.sample_rate:
+                        if resampler is not None:
+                            await self._push(segment, await _flush(resampler))
+                        resampler = StreamResampler(chunk.sample_rate, playout.sample_rate)
+                    await self._push(segment, await _resample(resampler, chunk))
+            if resampler is not None:
+                await self._push(segment, await _flush(resampler))
+            playout.close_segment(segment)
+
+    async def _push(self, segment: SegmentPlayback, pcm: PCM) -> None:
+        if pcm.size:
+            await self._playout.push(segment, pcm)
+
+    async def _watch_start(self) -> None:
+        await self._playout.wait_started(self.handle.id)
+        if not self.handle.interrupted:
+            self._on_speaking(self.handle)
+
+
+async def _resample(resampler: StreamResampler, chunk: SpeechChunk) -> PCM:
+    """Resample a TTS chunk off the event loop (passthrough when the rates match)."""
+    if resampler.in_rate == resampler.out_rate:
+        return chunk.pcm
+    return await asyncio.to_thread(resampler.process, chunk.pcm)
+
+
+async def _flush(resampler: StreamResampler) -> PCM:
+    if resampler.in_rate == resampler.out_rate:
+        return resampler.flush()
+    return await asyncio.to_thread(resampler.flush)

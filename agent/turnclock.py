@@ -1,0 +1,50 @@
+"""Wall-clock marks of one turn and the per-turn metrics built from them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from agent.events import MetricsEvent
+
+
+@dataclass(slots=True)
+class TurnClock:
+    """Monotonic marks (seconds) of one turn, from the caller's last word to first audio."""
+
+    speech_end: float
+    turn_end: float
+    stt_final_s: float | None = None
+    stt_ready: float | None = None
+    speculative_hit: bool = False
+    llm_start: float | None = None
+    llm_first_token: float | None = None
+    llm_tokens: int = 0
+    tts_first_chunk: float | None = None
+    tts_first_audio: float | None = None
+
+    @classmethod
+    def now(cls) -> TurnClock:
+        """A clock for a turn that ends now (typed input, greeting)."""
+        t = time.monotonic()
+        return cls(speech_end=t, turn_end=t)
+
+    def metrics(self, turn_id: str, first_audio: float | None, interrupted: bool) -> MetricsEvent:
+        """The turn's metrics event (milliseconds; None where a stage did not run)."""
+
+        def ms(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 1)
+
+        return MetricsEvent(
+            turn_id=turn_id,
+            voice_to_voice_ms=ms(self.speech_end, first_audio),
+            end_of_turn_ms=ms(self.speech_end, self.turn_end),
+            stt_final_ms=None if self.stt_final_s is None else round(self.stt_final_s * 1000, 1),
+            stt_wait_ms=ms(self.turn_end, self.stt_ready),
+            llm_first_token_ms=ms(self.llm_start, self.llm_first_token),
+            tts_first_audio_ms=ms(self.tts_first_chunk, self.tts_first_audio),
+            reply_first_audio_ms=ms(self.turn_end, first_audio),
+            llm_tokens=self.llm_tokens,
+            speculative_hit=self.speculative_hit,
+            interrupted=interrupted,
+        )

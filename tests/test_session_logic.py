@@ -1,0 +1,256 @@
+"""VoiceSession's logic on fake providers: fast, deterministic races and failure paths.
+
+The caller's "speech" is a tone that the energy VAD reads as speech; STT,
+LLM and TTS are scripted and can be held on a gate, so the order of events
+(the caller speaking again while a transcript is pending, speech while the
+agent thinks, a provider failing mid-reply) is set by the test, not by timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+import numpy as np
+import pytest
+
+from agent.config import AgentConfig
+from agent.errors import ProviderError
+from agent.events import (
+    AgentEvent,
+    ErrorEvent,
+    InterruptionEvent,
+    ReplyEvent,
+    SessionState,
+    StateEvent,
+    TranscriptEvent,
+)
+from agent.session import VoiceSession, new_turn_id
+from agent.tts import SpeechChunk
+from media.frames import PCM, AudioFrame, rms_dbfs
+from tests.fakes import FakeSTT, FakeTTS, ScriptedLLM, fake_models, silence, tone
+
+FRAME = 320  # 20 ms at 16 kHz
+
+
+def config(**turn: object) -> AgentConfig:
+    """Short turn-taking timers so a test feeds little audio."""
+    base = AgentConfig.load()
+    return base.model_copy(
+        update={
+            "greeting": None,
+            "turn": base.turn.model_copy(
+                update={"end_of_turn_silence_ms": 300, "min_speech_ms": 100, **turn}
+            ),
+            "stt": base.stt.model_copy(update={"partials": False}),
+        }
+    )
+
+
+class Events:
+    def __init__(self) -> None:
+        self.all: list[AgentEvent] = []
+
+    def __call__(self, event: AgentEvent) -> None:
+        self.all.append(event)
+
+    def finals(self) -> list[str]:
+        return [e.text for e in self.all if isinstance(e, TranscriptEvent) and e.final]
+
+    def replies(self) -> list[ReplyEvent]:
+        return [e for e in self.all if isinstance(e, ReplyEvent)]
+
+    def states(self) -> list[SessionState]:
+        return [e.state for e in self.all if isinstance(e, StateEvent)]
+
+    def phases(self) -> list[str]:
+        return [e.phase for e in self.all if isinstance(e, InterruptionEvent)]
+
+
+async def feed(
+    session: VoiceSession, pcm: PCM, *, transcripts: bool = True, reply: bool = True
+) -> PCM:
+    """Lock-step: one 20 ms frame in, the pipeline settles, one frame of agent audio out."""
+    out: list[PCM] = []
+    for i in range(0, pcm.size, FRAME):
+        session.push_audio(AudioFrame(pcm[i : i + FRAME], 16000))
+        await session.wait_settled(transcripts=transcripts, reply=reply)
+        out.append(session.playout.pull()[0])
+    return np.concatenate(out) if out else np.zeros(0, np.int16)
+
+
+async def test_caller_speaking_again_before_the_transcript_merges_the_turns() -> None:
+    """Defect 3: a turn transcribed while the caller talks again must not start a reply."""
+    stt = FakeSTT(["what time do you", "open on saturday"])
+    llm = ScriptedLLM(["We open at nine."])
+    events = Events()
+    session = VoiceSession(config(), fake_models(stt=stt, llm=llm), sinks=[events])
+    async with session:
+        stt.gate.clear()  # the first turn's transcript is slow
+        await feed(
+            session, np.concatenate([silence(0.2), tone(0.6), silence(0.5)]), transcripts=False
+        )
+        assert stt.final_calls >= 1  # the first turn ended and waits for its transcript
+        await feed(session, tone(0.3), transcripts=False)  # the caller goes on talking
+        stt.gate.set()
+        await session.wait_settled()
+        assert events.finals() == ["what time do you"]
+        assert llm.requests == []  # no reply over the caller
+        assert session.state is SessionState.LISTENING
+        await feed(session, silence(1.5))
+    assert events.finals() == ["what time do you", "open on saturday"]
+    assert len(llm.requests) == 1
+    last_user = [m for m in llm.requests[0].messages if m.role == "user"][-1]
+    assert last_user.content == "what time do you open on saturday"
+    [reply] = events.replies()
+    assert not reply.interrupted and reply.text == "We open at nine."
+    assert [m.role for m in session.history.messages()] == ["user", "assistant"]
+
+
+async def test_speech_while_thinking_is_barge_in() -> None:
+    """The caller talking over a reply that has no audio yet cancels it like barge-in."""
+    stt = FakeSTT(["never mind"])
+    llm = ScriptedLLM(["Let me think about that for a while.", "Okay."])
+    events = Events()
+    cfg = config()
+    cfg = cfg.model_copy(update={"stt": cfg.stt.model_copy(update={"partials": True})})
+    session = VoiceSession(cfg, fake_models(stt=stt, llm=llm), sinks=[events])
+    async with session:
+        llm.gate.clear()  # the LLM is slow: the agent stays THINKING
+        await session.send_text("tell me a story")
+        await feed(session, silence(0.1), reply=False)
+        assert session.state is SessionState.THINKING
+        await feed(session, tone(0.6), reply=False)  # a partial with words comes meanwhile
+        assert events.phases()[:2] == ["paused", "confirmed"]
+        first = events.replies()[0]
+        assert first.interrupted and first.heard_text == ""
+        assert llm.cancelled == 1
+        llm.gate.set()
+        await feed(session, silence(1.0))
+    assert events.finals() == ["tell me a story", "never mind"]
+    assert [r.text for r in events.replies()] == ["", "Okay."]
+    # nothing of the cut reply was heard: the history holds only what was said
+    assert [(m.role, m.content) for m in session.history.messages()] == [
+        ("user", "tell me a story never mind"),
+        ("assistant", "Okay."),
+    ]
+
+
+async def test_noise_over_a_reply_resumes_it() -> None:
+    stt = FakeSTT([""])  # the noise has no words
+    llm = ScriptedLLM(["Our opening hours are nine to five on weekdays."])
+    events = Events()
+    session = VoiceSession(config(), fake_models(stt=stt, llm=llm), sinks=[events])
+    async with session:
+        await session.send_text("hours?")
+        await feed(session, silence(0.5))
+        assert session.state is SessionState.SPEAKING
+        await feed(session, tone(0.3))  # a cough: pauses the agent
+        assert events.phases() == ["paused"]
+        await feed(session, silence(3.0))
+    assert events.phases() == ["paused", "resumed"]
+    [reply] = events.replies()
+    assert not reply.interrupted
+
+
+async def test_llm_failure_mid_reply_commits_what_was_heard_and_recovers() -> None:
+    llm = ScriptedLLM(["One two three four five six seven eight nine ten.", "Fine."])
+    llm.fail_next(at_token=6)
+    events = Events()
+    session = VoiceSession(config(), fake_models(llm=llm), sinks=[events])
+    async with session:
+        await session.send_text("count")
+        await feed(session, silence(3.0))
+        assert session.state is SessionState.LISTENING
+        errors = [e for e in events.all if isinstance(e, ErrorEvent)]
+        assert [e.stage for e in errors] == ["reply"] and errors[0].retryable
+        await session.send_text("again")
+        await feed(session, silence(1.5))
+    first, second = events.replies()
+    assert first.interrupted and second.text == "Fine." and not second.interrupted
+
+
+class SwitchingTTS(FakeTTS):
+    """A TTS whose voice falls back mid-reply: 24 kHz first, then 22.05 kHz."""
+
+    async def stream(self, text: str) -> AsyncGenerator[SpeechChunk, None]:
+        rate, voice = (24000, "cloud") if not self.texts else (22050, "piper")
+        self.texts.append(text)
+        yield SpeechChunk(tone(len(text) * 0.05, rate, 440.0), rate, voice)
+
+
+async def test_tts_chunks_at_different_rates_play_at_the_right_length() -> None:
+    tts = SwitchingTTS()
+    text = "First sentence is here. And the second one follows now."
+    llm = ScriptedLLM([text])
+    session = VoiceSession(config(), fake_models(llm=llm, tts=tts))
+    async with session:
+        await session.send_text("go")
+        audio = await feed(session, silence(5.0))
+        handle_voice = [m for m in session.history.messages() if m.role == "assistant"]
+    assert len(tts.texts) == 2  # two chunks, one per voice
+    expected = sum(len(t) * 0.05 for t in tts.texts)
+    frames = audio[: audio.size // FRAME * FRAME].reshape(-1, FRAME)
+    loud = sum(rms_dbfs(f) > -30 for f in frames) * FRAME / 16000
+    assert loud == pytest.approx(expected, abs=0.06)  # within three 20 ms frames
+    assert handle_voice[0].content == text
+
+
+async def test_turn_ids_are_unique_and_ordered_across_sessions() -> None:
+    ids = [new_turn_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) <= 32 for i in ids)  # the store's column
+    await asyncio.sleep(0.002)
+    assert new_turn_id()[:16] > ids[0][:16]  # a later turn sorts after
+
+
+async def test_failed_audio_loop_closes_the_session() -> None:
+    """Defect 7, session side: a dead audio loop does not leave a deaf call open."""
+
+    class BrokenVAD:
+        def stream(self) -> BrokenVAD:
+            return self
+
+        def process(self, audio: object) -> list[float]:
+            raise RuntimeError("boom")
+
+    events = Events()
+    models = fake_models()
+    models.vad = BrokenVAD()  # type: ignore[assignment]
+    session = VoiceSession(config(), models, sinks=[events])
+    await session.start()
+    session.push_audio(AudioFrame(silence(0.1), 16000))
+    seen = [e async for e in session.events()]  # ends with CLOSED
+    assert session.closed and session.failure == "audio-loop failed: RuntimeError"
+    assert any(isinstance(e, ErrorEvent) and e.stage == "audio-loop" for e in seen)
+    await session.close()  # idempotent
+    assert session.active_tasks == 0
+
+
+async def test_close_while_thinking_cancels_the_llm_and_leaves_no_task() -> None:
+    llm = ScriptedLLM(["A long answer."])
+    llm.gate.clear()
+    events = Events()
+    session = VoiceSession(config(), fake_models(llm=llm), sinks=[events])
+    await session.start()
+    await session.send_text("question")
+    await asyncio.sleep(0.01)
+    assert llm.active == 1
+    await session.close()
+    assert session.active_tasks == 0 and llm.active == 0 and llm.cancelled == 1
+    assert events.states()[-1] is SessionState.CLOSED
+    [reply] = events.replies()
+    assert reply.interrupted and reply.heard_text == ""
+
+
+async def test_stt_failure_of_a_turn_is_reported_and_listening_goes_on() -> None:
+    stt = FakeSTT(["hello there"])
+    events = Events()
+    session = VoiceSession(config(), fake_models(stt=stt), sinks=[events])
+    async with session:
+        stt.fail_next(ProviderError("fake-stt", "down", retryable=True))
+        await feed(session, np.concatenate([tone(0.5), silence(0.6)]))
+        assert [e.stage for e in events.all if isinstance(e, ErrorEvent)] == ["stt"]
+        await feed(session, np.concatenate([tone(0.5), silence(1.5)]))
+    assert events.finals() == ["hello there"]
+    assert len(events.replies()) == 1
