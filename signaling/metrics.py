@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from agent.events import AgentEvent, InterruptionEvent, MetricsEvent
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+_STORE_GAUGES = {"writes_pending": "Durable writes queued, not yet applied"}
+_STORE_COUNTERS = {
+    "writes_applied": "Durable writes applied",
+    "write_retries": "Durable write attempts that failed transiently and were retried",
+    "writes_dropped": "Durable writes refused because the writer's queue was full",
+    "writes_parked": "Durable writes that failed permanently and were parked (not retried)",
+    "tts_cache_hot_hits": "TTS phrase lookups answered by the hot tier",
+    "tts_cache_sql_hits": "TTS phrase lookups answered by the SQL tier within the budget",
+    "tts_cache_misses": "TTS phrase lookups that missed (including slow and shed ones)",
+    "tts_cache_slow_lookups": "TTS phrase lookups past their time budget",
+    "tts_cache_lookups_shed": "TTS phrase lookups not started: too many in flight",
+    "tts_cache_sql_errors": "TTS phrase cache SQL reads and use updates that failed",
+    "tts_cache_writes": "TTS phrases written to the SQL tier",
+    "tts_cache_writes_dropped": "TTS phrases not cached: the write-behind queue was full",
+    "tts_cache_write_errors": "TTS phrase SQL writes that failed",
+    "tts_cache_purged": "TTS phrase rows purged from the SQL tier",
+}
+
+
+class _StoreCollector(Collector):
+    """Reads the store's counters at scrape time (the store knows nothing of Prometheus)."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._stats()
+        for name, doc in _STORE_GAUGES.items():
+            if name in values:
+                yield GaugeMetricFamily(f"parley_store_{name}", doc, value=values[name])
+        for name, doc in _STORE_COUNTERS.items():
+            if name in values:
+                yield CounterMetricFamily(f"parley_store_{name}", doc, value=values[name])
 
 
 class ServerMetrics:
@@ -36,6 +74,10 @@ class ServerMetrics:
         self.tts_first_audio = hist(
             "parley_tts_first_audio_seconds", "TTS time from first text chunk to first audio"
         )
+
+    def watch_store(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Export the store's counters (``Store.stats``) as ``parley_store_*`` metrics."""
+        self.registry.register(_StoreCollector(stats))
 
     def observe(self, event: AgentEvent) -> None:
         """Session event sink."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
@@ -30,8 +29,11 @@ class ServerSettings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     agent_config: Path | None = None
     """Agent YAML file; default ``agents/default.yaml``."""
-    jwt_secret: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_urlsafe(32)))
-    """HMAC key of join tokens. Set it when several workers must accept each other's tokens."""
+    jwt_secret: SecretStr | None = None
+    """HMAC key of join and session tokens (32+ bytes). Unset: a key generated once and
+    kept in ``PARLEY_DATA_DIR/jwt_secret`` (mode 0600), so tokens outlive a restart and
+    workers sharing the data directory accept each other's. Set it when workers on
+    several machines must accept each other's tokens."""
     token_ttl_s: int = Field(3600, ge=10)
     max_calls: int = Field(4, ge=1)
     """Concurrent calls (WebRTC and WebSocket) beyond which new calls get 503."""

@@ -40,11 +40,36 @@ class HotCache(Protocol):
 
 
 class MemoryCache:
-    """In-process LRU with TTL: bounded in entries, the least recently used evicted first."""
+    """In-process LRU with TTL, bounded in entries and in bytes.
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    When either bound is exceeded the least recently used entries are evicted
+    first (expired or not); a single value larger than ``max_bytes`` is not
+    stored at all (and replaces nothing). ``nbytes`` counts keys and values,
+    not Python's per-object overhead, which is small next to audio values.
+    """
+
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("a memory cache needs room for at least one entry and one byte")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.evictions = 0
+        self._nbytes = 0
         self._data: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (keys and values)."""
+        return self._nbytes
+
+    @staticmethod
+    def _size(key: str, value: bytes) -> int:
+        return len(key) + len(value)
+
+    def _remove(self, key: str) -> None:
+        item = self._data.pop(key, None)
+        if item is not None:
+            self._nbytes -= self._size(key, item[0])
 
     async def get(self, key: str) -> bytes | None:
         """See ``HotCache.get``."""
@@ -53,26 +78,34 @@ class MemoryCache:
             return None
         value, expires = item
         if expires is not None and expires <= time.monotonic():
-            del self._data[key]
+            self._remove(key)
             return None
         self._data.move_to_end(key)
         return value
 
     async def set(self, key: str, value: bytes, ttl_s: float | None) -> None:
         """See ``HotCache.set``."""
+        self._remove(key)
+        size = self._size(key, value)
+        if size > self.max_bytes:
+            self.evictions += 1
+            return
         expires = time.monotonic() + ttl_s if ttl_s is not None else None
         self._data[key] = (value, expires)
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        self._nbytes += size
+        while len(self._data) > self.max_entries or self._nbytes > self.max_bytes:
+            old_key, (old_value, _) = self._data.popitem(last=False)
+            self._nbytes -= self._size(old_key, old_value)
+            self.evictions += 1
 
     async def delete(self, key: str) -> None:
         """See ``HotCache.delete``."""
-        self._data.pop(key, None)
+        self._remove(key)
 
     async def close(self) -> None:
         """Nothing to release."""
         self._data.clear()
+        self._nbytes = 0
 
     def __len__(self) -> int:
         return len(self._data)

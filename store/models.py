@@ -128,7 +128,10 @@ class TtsAudio(Base):
     """Synthesized audio of a phrase for one voice (the TTS phrase cache)."""
 
     __tablename__ = "tts_audio"
-    __table_args__ = (UniqueConstraint("voice", "text_hash", name="uq_tts_voice_hash"),)
+    __table_args__ = (
+        UniqueConstraint("voice", "text_hash", name="uq_tts_voice_hash"),
+        Index("ix_tts_audio_last_used_at", "last_used_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     voice: Mapped[str] = mapped_column(String(128))
@@ -136,5 +139,8 @@ class TtsAudio(Base):
     sample_rate: Mapped[int] = mapped_column(Integer)
     audio: Mapped[bytes] = mapped_column(LargeBinary)
     """Little-endian int16 mono PCM."""
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """``len(audio)``, kept so the purge can sum sizes without reading the audio."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    """Last time the phrase was served or stored (refreshed in batches, write-behind)."""

@@ -194,8 +194,25 @@ class CacheRepository:
             return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """Rows removed by one purge of the phrase audio."""
+
+    expired: int = 0
+    """Not used within the maximum age."""
+    over_size: int = 0
+    """Least recently used rows removed to bring the total under the byte bound."""
+
+    @property
+    def total(self) -> int:
+        """Rows removed in all."""
+        return self.expired + self.over_size
+
+
 class TtsAudioRepository:
     """The SQL tier of the TTS phrase cache."""
+
+    _DELETE_BATCH = 500
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -203,21 +220,84 @@ class TtsAudioRepository:
     async def get(self, voice: str, text_hash: str) -> tuple[int, bytes] | None:
         """``(sample_rate, pcm bytes)`` of a cached phrase."""
         async with self._sessions() as db:
+            row = (
+                await db.execute(
+                    select(TtsAudio.sample_rate, TtsAudio.audio).where(
+                        TtsAudio.voice == voice, TtsAudio.text_hash == text_hash
+                    )
+                )
+            ).first()
+            return None if row is None else (int(row[0]), bytes(row[1]))
+
+    async def put(self, voice: str, text_hash: str, sample_rate: int, audio: bytes) -> None:
+        """Store a phrase, or replace its audio and mark it used if it is already stored."""
+        async with self._sessions.begin() as db:
             row = await db.scalar(
                 select(TtsAudio).where(TtsAudio.voice == voice, TtsAudio.text_hash == text_hash)
             )
-            return None if row is None else (row.sample_rate, row.audio)
-
-    async def put(self, voice: str, text_hash: str, sample_rate: int, audio: bytes) -> None:
-        """Store a phrase (no-op if present)."""
-        async with self._sessions.begin() as db:
-            exists = await db.scalar(
-                select(TtsAudio.id).where(TtsAudio.voice == voice, TtsAudio.text_hash == text_hash)
-            )
-            if exists is None:
+            if row is None:
                 db.add(
-                    TtsAudio(voice=voice, text_hash=text_hash, sample_rate=sample_rate, audio=audio)
+                    TtsAudio(
+                        voice=voice,
+                        text_hash=text_hash,
+                        sample_rate=sample_rate,
+                        audio=audio,
+                        size_bytes=len(audio),
+                    )
                 )
+            else:
+                row.sample_rate = sample_rate
+                row.audio = audio
+                row.size_bytes = len(audio)
+                row.last_used_at = utcnow()
+
+    async def touch(self, text_hashes: list[str], at: dt.datetime | None = None) -> None:
+        """Mark phrases used now (or ``at``), so the purge keeps them."""
+        if not text_hashes:
+            return
+        async with self._sessions.begin() as db:
+            await db.execute(
+                update(TtsAudio)
+                .where(TtsAudio.text_hash.in_(text_hashes))
+                .values(last_used_at=at or utcnow())
+            )
+
+    async def total_bytes(self) -> int:
+        """PCM bytes stored."""
+        async with self._sessions() as db:
+            total = await db.scalar(select(func.coalesce(func.sum(TtsAudio.size_bytes), 0)))
+            return int(total or 0)
+
+    async def purge(self, max_age_s: float, max_bytes: int) -> PurgeResult:
+        """Delete phrases unused for ``max_age_s``, then the least recently used ones
+        until at most ``max_bytes`` of audio remain."""
+        cutoff = utcnow() - dt.timedelta(seconds=max_age_s)
+        async with self._sessions.begin() as db:
+            result = await db.execute(delete(TtsAudio).where(TtsAudio.last_used_at < cutoff))
+            expired = int(result.rowcount)  # type: ignore[attr-defined]
+            total = int(
+                await db.scalar(select(func.coalesce(func.sum(TtsAudio.size_bytes), 0))) or 0
+            )
+            if total <= max_bytes:
+                return PurgeResult(expired=expired)
+            excess = total - max_bytes
+            victims: list[int] = []
+            # Only ids and sizes are read (never the audio), oldest use first.
+            rows = await db.execute(
+                select(TtsAudio.id, TtsAudio.size_bytes).order_by(
+                    TtsAudio.last_used_at, TtsAudio.id
+                )
+            )
+            for row_id, size in rows:
+                victims.append(int(row_id))
+                excess -= int(size)
+                if excess <= 0:
+                    break
+            for i in range(0, len(victims), self._DELETE_BATCH):
+                await db.execute(
+                    delete(TtsAudio).where(TtsAudio.id.in_(victims[i : i + self._DELETE_BATCH]))
+                )
+            return PurgeResult(expired=expired, over_size=len(victims))
 
 
 def _aware(value: dt.datetime) -> dt.datetime:

@@ -20,7 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class SessionStateStore:
-    """Chat contexts as JSON lists of ``{"role", "content", "interrupted"}``."""
+    """Chat contexts as JSON lists of message objects.
+
+    The hot tier keeps a context verbatim: any JSON the caller saves (tool
+    calls, tool results, extra keys) comes back unchanged. A context rebuilt
+    from SQL turns has only ``{"role", "content", "interrupted"}`` user and
+    assistant messages (turns hold no tool calls), so no call/result pair is
+    ever split by a rebuild.
+    """
 
     def __init__(self, hot: HotCache, repo: SessionRepository, ttl_s: float) -> None:
         self._hot = hot

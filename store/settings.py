@@ -26,6 +26,21 @@ class StoreSettings(BaseSettings):
     """How long a session's chat context stays in the hot tier after its last turn."""
     cache_ttl_s: int = Field(24 * 3600, alias="PARLEY_CACHE_TTL_S", ge=1)
     hot_cache_entries: int = Field(10_000, alias="PARLEY_HOT_CACHE_ENTRIES", ge=16)
+    hot_cache_bytes: int = Field(64 * 1024 * 1024, alias="PARLEY_HOT_CACHE_BYTES", ge=1024 * 1024)
+    """Byte bound of the in-process hot tier (Redis is bounded by its own ``maxmemory``)."""
+    tts_cache_read_budget_ms: float = Field(
+        10.0, alias="PARLEY_TTS_CACHE_READ_BUDGET_MS", ge=0, le=1000
+    )
+    """How long a phrase lookup may delay first audio; a slower lookup is a miss for this
+    utterance and warms the hot tier in the background for the next one."""
+    tts_cache_max_age_s: int = Field(30 * 24 * 3600, alias="PARLEY_TTS_CACHE_MAX_AGE_S", ge=60)
+    """Phrase audio not used for this long is purged from the SQL tier."""
+    tts_cache_max_bytes: int = Field(
+        1024 * 1024 * 1024, alias="PARLEY_TTS_CACHE_MAX_BYTES", ge=1024 * 1024
+    )
+    """Total PCM kept in the SQL tier; past it the least recently used phrases are purged."""
+    purge_interval_s: float = Field(3600.0, alias="PARLEY_PURGE_INTERVAL_S", gt=0)
+    """Period of the store's purge of old phrase audio and expired cache rows."""
     key_prefix: str = Field("parley:", alias="PARLEY_REDIS_PREFIX")
     db_schema: str | None = Field(None, alias="PARLEY_DB_SCHEMA", pattern=r"^[a-z_][a-z0-9_]*$")
     """PostgreSQL schema to use (created if missing); default: the server's search path."""

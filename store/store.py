@@ -1,9 +1,10 @@
-"""The store facade: engine, tiers, repositories and the background writer, opened together."""
+"""The store facade: engine, tiers, repositories and the background workers, opened together."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -22,7 +23,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Store:
-    """Everything persistent of a process. Build with ``await Store.open(settings)``."""
+    """Everything persistent of a process. Build with ``await Store.open(settings)``.
+
+    Owns three background tasks: the turn writer's (``writer``), the phrase
+    cache's write-behind (``phrases``) and the periodic purge of old phrase
+    audio and expired cache rows; ``close()`` drains and reaps them.
+    """
 
     settings: StoreSettings
     engine: AsyncEngine
@@ -33,6 +39,7 @@ class Store:
     phrases: PhraseAudioCache
     state: SessionStateStore
     writer: TurnWriter
+    _purge_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
     async def open(
@@ -57,12 +64,19 @@ class Store:
         hot: HotCache = (
             RedisCache(settings.redis_url, prefix=settings.key_prefix)
             if settings.redis_url
-            else MemoryCache(settings.hot_cache_entries)
+            else MemoryCache(settings.hot_cache_entries, settings.hot_cache_bytes)
         )
         repo = SessionRepository(db)
         state = SessionStateStore(hot, repo, settings.session_ttl_s)
         writer = TurnWriter(repo, state.save)
-        writer.start()
+        phrases = PhraseAudioCache(
+            hot,
+            TtsAudioRepository(db),
+            settings.cache_ttl_s,
+            read_budget_s=settings.tts_cache_read_budget_ms / 1000,
+            max_age_s=settings.tts_cache_max_age_s,
+            max_sql_bytes=settings.tts_cache_max_bytes,
+        )
         store = cls(
             settings=settings,
             engine=engine,
@@ -70,10 +84,13 @@ class Store:
             hot=hot,
             sessions=repo,
             cache=TieredCache(hot, CacheRepository(db), settings.cache_ttl_s),
-            phrases=PhraseAudioCache(hot, TtsAudioRepository(db), settings.cache_ttl_s),
+            phrases=phrases,
             state=state,
             writer=writer,
         )
+        writer.start()
+        phrases.start()
+        store._purge_task = asyncio.create_task(store._run_purges(), name="store-purge")
         log.info("store open: %s", store.describe())
         return store
 
@@ -82,6 +99,27 @@ class Store:
         return {
             "sql": self.engine.dialect.name,
             "hot": "redis" if isinstance(self.hot, RedisCache) else "memory",
+        }
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the background workers, for ``/health`` and metrics."""
+        p = self.phrases.stats
+        return {
+            "writes_pending": self.writer.pending,
+            "writes_applied": self.writer.written,
+            "write_retries": self.writer.retries,
+            "writes_dropped": self.writer.dropped,
+            "writes_parked": self.writer.parked,
+            "tts_cache_hot_hits": p.hot_hits,
+            "tts_cache_sql_hits": p.sql_hits,
+            "tts_cache_misses": p.misses,
+            "tts_cache_slow_lookups": p.slow_lookups,
+            "tts_cache_lookups_shed": p.lookups_shed,
+            "tts_cache_sql_errors": p.sql_errors,
+            "tts_cache_writes": p.writes,
+            "tts_cache_writes_dropped": p.writes_dropped,
+            "tts_cache_write_errors": p.write_errors,
+            "tts_cache_purged": p.purged,
         }
 
     async def healthy(self) -> dict[str, bool]:
@@ -95,8 +133,39 @@ class Store:
         hot_ok = await self.hot.ping() if isinstance(self.hot, RedisCache) else True
         return {"sql": sql_ok, "hot": hot_ok}
 
+    async def purge(self) -> int:
+        """Purge old and oversize phrase audio and expired cache rows now; rows removed."""
+        phrases = await self.phrases.purge()
+        expired = await self.cache.sql.purge_expired()
+        if phrases.total or expired:
+            log.info(
+                "store purge: %d phrase rows (%d unused, %d over size), %d expired cache rows",
+                phrases.total,
+                phrases.expired,
+                phrases.over_size,
+                expired,
+            )
+        return phrases.total + expired
+
+    async def _run_purges(self) -> None:
+        """Purge a minute after opening (not on the start-up path), then every
+        ``purge_interval_s``; a failed purge waits for the next."""
+        interval = self.settings.purge_interval_s
+        await asyncio.sleep(min(interval, 60.0))
+        while True:
+            try:
+                await self.purge()
+            except Exception as exc:
+                log.warning("store purge failed (%s); next in %.0f s", type(exc).__name__, interval)
+            await asyncio.sleep(interval)
+
     async def close(self) -> None:
-        """Drain the writer and close connections."""
+        """Stop the purge, drain the writers and close connections."""
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            await asyncio.gather(self._purge_task, return_exceptions=True)
+            self._purge_task = None
         await self.writer.close()
+        await self.phrases.aclose()
         await self.hot.close()
         await self.engine.dispose()

@@ -3,6 +3,9 @@
 The server backends are used where 127.0.0.1:5432 / 6379 answer. Where they
 do not, those tests are skipped with the reason shown in the summary; in CI
 (``CI`` set) they fail instead, so a CI run can never pass without them.
+
+Test modules use the ``backend``, ``settings`` and ``store`` fixtures by
+importing ``backend_fixture``, ``settings_fixture`` and ``store_fixture``.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from store.settings import StoreSettings
+from store.store import Store
 
 PG_HOST, PG_PORT, PG_DB = "127.0.0.1", 5432, "test"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -100,3 +105,26 @@ async def drop_schema(settings: StoreSettings) -> None:
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{settings.db_schema}" CASCADE'))
     finally:
         await engine.dispose()
+
+
+@pytest.fixture(name="backend", params=BACKENDS)
+def backend_fixture(request: pytest.FixtureRequest) -> str:
+    """Each store test runs once per backend."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(name="settings")
+async def settings_fixture(backend: str, tmp_path: Path) -> AsyncIterator[StoreSettings]:
+    """Settings of a fresh, isolated store on the backend (its schema dropped afterwards)."""
+    s = store_settings(backend, tmp_path / "data")
+    yield s
+    await drop_schema(s)
+
+
+@pytest.fixture(name="store")
+async def store_fixture(settings: StoreSettings) -> AsyncIterator[Store]:
+    """An open store on the backend, closed afterwards."""
+    st = await Store.open(settings)
+    yield st
+    await st.close()

@@ -7,12 +7,19 @@ import contextlib
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops all traffic until ``restore()``."""
+    """Forwards 127.0.0.1:<port> to a target.
+
+    ``cut()`` drops every connection and refuses new ones (a server that went
+    away); ``stall()`` keeps connections open but holds every byte (a server
+    that hangs). ``restore()`` ends either; held bytes then flow on in order.
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = 0
         self.cut_active = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -43,6 +50,7 @@ class TcpProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 if self.cut_active:
                     break
                 writer.write(data)
@@ -60,13 +68,24 @@ class TcpProxy:
             w.close()
         self._writers.clear()
 
+    def stall(self) -> None:
+        """Hold every byte in both directions (connections stay open) until ``restore()``."""
+        self._flowing.clear()
+
+    @property
+    def stalled(self) -> bool:
+        """Whether traffic is held."""
+        return not self._flowing.is_set()
+
     def restore(self) -> None:
-        """Accept connections again."""
+        """Accept connections and forward traffic again."""
         self.cut_active = False
+        self._flowing.set()
 
     async def close(self) -> None:
         """Stop the proxy."""
         self.cut()
+        self._flowing.set()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -92,6 +111,10 @@ class ThreadedProxy:
     def cut(self) -> None:
         """See ``TcpProxy.cut``."""
         self._loop.call_soon_threadsafe(self._proxy.cut)
+
+    def stall(self) -> None:
+        """See ``TcpProxy.stall``."""
+        self._loop.call_soon_threadsafe(self._proxy.stall)
 
     def restore(self) -> None:
         """See ``TcpProxy.restore``."""

@@ -4,41 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from agent.phrase_cache import CachedTTS
 from store.cache import MemoryCache, RedisCache
 from store.keys import normalize_key
 from store.repositories import TurnRecord
 from store.settings import StoreSettings
 from store.store import Store
-from tests.backends import BACKENDS, SERVER_BACKEND, drop_schema, store_settings
+from tests.backends import (  # noqa: F401 (fixtures)
+    SERVER_BACKEND,
+    backend_fixture,
+    drop_schema,
+    settings_fixture,
+    store_fixture,
+    store_settings,
+)
 from tests.proxy import TcpProxy
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-async def settings(backend: str, tmp_path: Path) -> AsyncIterator[StoreSettings]:
-    s = store_settings(backend, tmp_path / "data")
-    yield s
-    await drop_schema(s)
-
-
-@pytest.fixture
-async def store(settings: StoreSettings) -> AsyncIterator[Store]:
-    st = await Store.open(settings)
-    yield st
-    await st.close()
 
 
 def test_key_normalization() -> None:
@@ -125,6 +109,73 @@ def test_memory_cache_is_a_bounded_lru() -> None:
     asyncio.run(run())
 
 
+def test_memory_cache_is_bounded_in_bytes() -> None:
+    async def run() -> None:
+        lru = MemoryCache(max_entries=100, max_bytes=1000)
+        for k in "abc":  # 3 x (1 + 300) bytes
+            await lru.set(k, bytes(300), None)
+        assert lru.nbytes == 903 and len(lru) == 3
+        assert await lru.get("a") is not None  # a is now the most recent
+        await lru.set("d", bytes(300), None)  # 1204 > 1000: b, the least recent, goes
+        assert await lru.get("b") is None
+        assert [k for k in "acd" if await lru.get(k) is not None] == ["a", "c", "d"]
+        assert lru.nbytes == 903
+        await lru.set("c", bytes(10), None)  # replacing a value frees its old bytes
+        assert lru.nbytes == 1 + 300 + 1 + 10 + 1 + 300
+        await lru.set("huge", bytes(2000), None)  # larger than the whole bound: not stored
+        assert await lru.get("huge") is None and len(lru) == 3
+        await lru.delete("a")
+        assert lru.nbytes == 312 and lru.evictions == 2
+
+    asyncio.run(run())
+
+
+async def test_store_settings_bound_the_hot_tier_in_bytes(tmp_path: Path) -> None:
+    settings = StoreSettings(
+        PARLEY_DATA_DIR=tmp_path,
+        DATABASE_URL=None,
+        REDIS_URL=None,
+        PARLEY_HOT_CACHE_BYTES=2 * 1024 * 1024,
+    )
+    store = await Store.open(settings)
+    try:
+        assert isinstance(store.hot, MemoryCache)
+        assert store.hot.max_bytes == 2 * 1024 * 1024
+        for i in range(12):  # 12 x 200 KB of "PCM": only 10 fit in 2 MiB
+            await store.hot.set(f"tts:{i}", bytes(200_000), None)
+        assert store.hot.nbytes <= 2 * 1024 * 1024 and len(store.hot) == 10
+        assert await store.hot.get("tts:0") is None and await store.hot.get("tts:11") is not None
+    finally:
+        await store.close()
+
+
+async def test_context_with_tool_calls_passes_through_unchanged(store: Store) -> None:
+    context: list[dict[str, Any]] = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Wie wird das Wetter in Zürich? ☀", "interrupted": False},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Zürich"}'},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "call_1",
+            "content": {"temp_c": 21.5, "sky": ["sun", None], "alerts": [], "ok": True},
+        },
+        {"role": "assistant", "content": "21 degrees and sunny.", "interrupted": True},
+    ]
+    store.writer.save_context("ses_tools", context)
+    assert await store.writer.flush()
+    assert await store.state.load("ses_tools") == context
+
+
 async def test_session_resumes_in_a_second_instance(settings: StoreSettings, backend: str) -> None:
     first = await Store.open(settings)
     await first.sessions.create("ses_r", "websocket")
@@ -152,28 +203,6 @@ async def test_session_resumes_in_a_second_instance(settings: StoreSettings, bac
         assert await second.state.load("ses_r") == context
     finally:
         await second.close()
-
-
-async def test_phrase_cache_serves_the_same_audio(store: Store) -> None:
-    class Tone:
-        sample_rate = 22050
-        voice = "tone"
-        calls = 0
-
-        async def stream(self, text: str) -> AsyncIterator[np.ndarray]:
-            self.calls += 1
-            yield np.arange(len(text) * 100, dtype=np.int16)
-
-    inner = Tone()
-    tts = CachedTTS(inner, store.phrases)  # type: ignore[arg-type]
-    first = [p async for p in tts.stream("Welcome back!")]
-    again = [p async for p in tts.stream("Welcome back!")]
-    assert inner.calls == 1 and tts.hits == 1
-    assert np.array_equal(np.concatenate(first), np.concatenate(again))
-    long_text = "x" * 500
-    _ = [p async for p in tts.stream(long_text)]
-    _ = [p async for p in tts.stream(long_text)]
-    assert inner.calls == 3  # long phrases are not cached
 
 
 async def test_redis_outage_degrades_to_sql(backend: str, tmp_path: Path) -> None:
