@@ -22,6 +22,7 @@ import numpy as np
 
 from media.errors import AudioFormatError
 from media.frames import FRAME_MS, PCM, AudioFrame
+from media.pacer import Pacer
 
 _RETIRED_IDS = 1024
 """How many forgotten utterance ids are remembered (so late producers cannot revive them)."""
@@ -176,31 +177,25 @@ class PlayoutBuffer:
 
     def pull_frame(self) -> AudioFrame:
         """``pull`` wrapped as an ``AudioFrame`` stamped with the stream position."""
+        return self._pull_stamped()[0]
+
+    def _pull_stamped(self) -> tuple[AudioFrame, bool]:
         ts = self._position / self.sample_rate
-        pcm, _ = self.pull()
-        return AudioFrame(pcm, self.sample_rate, 1, ts)
+        pcm, speech = self.pull()
+        return AudioFrame(pcm, self.sample_rate, 1, ts), speech
 
     async def frames(self) -> AsyncIterator[tuple[AudioFrame, bool]]:
         """Paced real-time ``(frame, has_speech)`` pairs, forever (silence when idle).
 
-        Deadlines are computed from the start time so pacing does not drift; if
-        the consumer falls behind by more than 5 frames it resynchronises
-        rather than bursting.
+        Push transports (the WebSocket; later SIP and LiveKit) send these.
+        Pacing is ``media.pacer.Pacer``'s: deadlines from the start time, so
+        it does not drift, and a resync instead of a burst when the consumer
+        falls more than a few frames behind.
         """
-        period = self.frame_ms / 1000
-        start = time.monotonic()
-        n = 0
+        pacer = Pacer(self.frame_ms / 1000)
         while True:
-            ts = self._position / self.sample_rate
-            pcm, speech = self.pull()
-            yield AudioFrame(pcm, self.sample_rate, 1, ts), speech
-            n += 1
-            deadline = start + n * period
-            delay = deadline - time.monotonic()
-            if delay < -5 * period:
-                start, n = time.monotonic(), 0
-            elif delay > 0:
-                await asyncio.sleep(delay)
+            await pacer.wait()
+            yield self._pull_stamped()
 
     # ----------------------------------------------------------------- control
 

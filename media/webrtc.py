@@ -1,79 +1,194 @@
-"""aiortc glue: the agent's outgoing audio track and the caller's inbound audio pump."""
+"""aiortc as a call transport: the agent's pull track and the ``WebRtcTransport`` adapter.
+
+The agent's peer connection carries the caller's audio track in (decoded by
+aiortc: Opus as 48 kHz stereo, G.711 as 8 kHz mono), the agent's audio track
+out (``PlayoutTrack``: aiortc pulls ``recv()``, paced by ``media.pacer.Pacer``),
+and JSON control and events on the ``events`` data channel.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
-import time
-from collections.abc import Callable
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import av
 import numpy as np
+from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media.frames import PIPELINE_RATE, AudioFrame
+from media.errors import AudioFormatError
+from media.frames import FRAME_MS, AudioFrame
+from media.pacer import Pacer
 from media.playout import PlayoutBuffer
+from media.transport import ControlInbox, ControlMessage, parse_control
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "events"
+"""Label of the data channel that carries JSON events out and control messages in."""
 
 
 class PlayoutTrack(MediaStreamTrack):
-    """An audio track that plays a ``PlayoutBuffer`` in paced 20 ms frames.
+    """The agent's audio track: paced 20 ms frames of a ``PlayoutBuffer``.
 
-    aiortc pulls ``recv()``; this track sleeps until each frame's due time
-    (computed from the start, so pacing never drifts) and hands the encoder
-    the buffer's next frame, silence when the agent is quiet.
+    aiortc pulls ``recv()``; each call waits on the pacer for the frame's due
+    time and hands the encoder the buffer's next frame (silence when the
+    agent is quiet, or before a buffer is attached: the track exists during
+    SDP negotiation, the call binds its buffer when it starts).
     """
 
     kind = "audio"
 
-    def __init__(self, playout: PlayoutBuffer) -> None:
+    def __init__(self, sample_rate: int, frame_ms: int = FRAME_MS) -> None:
         super().__init__()
-        self._playout = playout
-        self._rate = playout.sample_rate
-        self._time_base = fractions.Fraction(1, self._rate)
-        self._start: float | None = None
+        self.sample_rate = sample_rate
+        self.frame_samples = sample_rate * frame_ms // 1000
+        self._time_base = fractions.Fraction(1, sample_rate)
+        self._pacer = Pacer(frame_ms / 1000)
+        self._playout: PlayoutBuffer | None = None
         self._pts = 0
+
+    def attach(self, playout: PlayoutBuffer) -> None:
+        """Play ``playout`` from the next frame on."""
+        if playout.sample_rate != self.sample_rate or playout.frame_samples != self.frame_samples:
+            raise AudioFormatError(
+                f"track plays {self.sample_rate} Hz frames of {self.frame_samples} samples, "
+                f"the buffer has {playout.sample_rate} Hz frames of {playout.frame_samples}"
+            )
+        self._playout = playout
 
     async def recv(self) -> av.AudioFrame:
         """The next 20 ms frame, at its due time."""
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
+        await self._pacer.wait()
+        if self._playout is not None:
+            pcm, _ = self._playout.pull()
         else:
-            self._pts += self._playout.frame_samples
-            due = self._start + self._pts / self._rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.2:  # stalled (e.g. a busy loop): resync instead of bursting
-                self._start = time.monotonic() - self._pts / self._rate
-        pcm, _ = self._playout.pull()
+            pcm = np.zeros(self.frame_samples, np.int16)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self._rate
+        frame.sample_rate = self.sample_rate
         frame.pts = self._pts
         frame.time_base = self._time_base
+        self._pts += self.frame_samples
         return frame
 
 
-async def pump_inbound(
-    track: MediaStreamTrack, sink: Callable[[AudioFrame], None], rate: int = PIPELINE_RATE
-) -> None:
-    """Read a remote audio track until it ends, handing ``sink`` mono int16 frames at ``rate``.
+def from_av(frame: av.AudioFrame) -> AudioFrame:
+    """A decoded aiortc frame as an ``AudioFrame`` (rate and channels kept as they are).
 
-    Decoded Opus arrives as 48 kHz stereo; PyAV's resampler (stateful, so
-    frame joins are seamless) converts it.
+    aiortc's decoders produce signed 16-bit samples, packed (``s16``) or
+    planar (``s16p``); other sample formats raise ``AudioFormatError``.
     """
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-    position = 0
-    while True:
-        try:
-            frame = await track.recv()
-        except MediaStreamError:
+    channels = len(frame.layout.channels)
+    data = frame.to_ndarray()
+    if frame.format.name == "s16":
+        pcm = data.reshape(-1)
+    elif frame.format.name == "s16p":
+        pcm = data.T.reshape(-1)  # (channels, samples) -> interleaved
+    else:
+        raise AudioFormatError(f"expected s16 or s16p audio, got {frame.format.name}")
+    timestamp = float(frame.time) if frame.time is not None else 0.0
+    return AudioFrame(pcm.astype(np.int16, copy=False), frame.sample_rate, channels, timestamp)
+
+
+class WebRtcTransport:
+    """A call over an aiortc ``RTCPeerConnection`` (see ``media.transport.Transport``).
+
+    Create it before the SDP exchange (it adds the agent's track and listens
+    for the caller's track and data channel). The caller is gone when the
+    connection fails or closes: ``inbound()`` and ``play()`` then end.
+    """
+
+    kind = "webrtc"
+
+    def __init__(self, pc: RTCPeerConnection, output_rate: int) -> None:
+        self._pc = pc
+        self.track = PlayoutTrack(output_rate)
+        pc.addTrack(self.track)
+        loop = asyncio.get_running_loop()
+        self._remote: asyncio.Future[MediaStreamTrack | None] = loop.create_future()
+        self._channel: asyncio.Future[RTCDataChannel] = loop.create_future()
+        self._inbox = ControlInbox()
+        self._gone = asyncio.Event()
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_state)
+
+    # ------------------------------------------------------------ aiortc callbacks
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and not self._remote.done():
+            self._remote.set_result(track)
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != EVENTS_CHANNEL or self._channel.done():
             return
-        if not isinstance(frame, av.AudioFrame):
-            continue
-        for out in resampler.resample(frame):
-            pcm = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
-            if pcm.size:
-                sink(AudioFrame(pcm, rate, 1, position / rate))
-                position += pcm.size
+        channel.on("message", lambda message: self._inbox.put(parse_control(message)))
+        channel.on("close", self._inbox.close)
+        self._channel.set_result(channel)
+
+    async def _on_state(self) -> None:
+        if self._pc.connectionState in ("failed", "closed"):
+            await self._peer_gone()
+
+    async def _peer_gone(self) -> None:
+        if self._gone.is_set():
+            return
+        self._gone.set()
+        self._inbox.close()
+        if not self._remote.done():
+            self._remote.set_result(None)
+        # stops the receivers: the caller's track ends and inbound() returns
+        await self._pc.close()
+
+    # ------------------------------------------------------------ Transport
+
+    async def inbound(self) -> AsyncIterator[AudioFrame]:
+        """The caller's decoded audio (48 kHz stereo for Opus) until the track ends."""
+        track = await self._remote
+        if track is None:
+            return
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if isinstance(frame, av.AudioFrame):
+                yield from_av(frame)
+
+    async def control(self) -> AsyncIterator[ControlMessage]:
+        """Control messages of the ``events`` data channel (none for a WHIP client)."""
+        async for message in self._inbox:
+            yield message
+
+    async def play(self, playout: PlayoutBuffer) -> None:
+        """Bind the buffer to the agent's track (aiortc pulls it) until the peer is gone."""
+        self.track.attach(playout)
+        await self._gone.wait()
+
+    async def send_event(self, event: Mapping[str, Any]) -> None:
+        """Send on the data channel, once the caller opened it; dropped if it closed.
+
+        The data channel is optional (media may continue without it), so a
+        closed channel drops events rather than ending the call.
+        """
+        channel = await self._channel
+        if channel.readyState == "connecting":
+            opened = asyncio.Event()
+            channel.once("open", opened.set)
+            channel.once("close", opened.set)
+            await opened.wait()
+        if channel.readyState == "open":
+            channel.send(json.dumps(event))
+
+    async def close(self, reason: str) -> None:
+        """Close the peer connection (idempotent)."""
+        log.debug("closing peer connection: %s", reason)
+        with contextlib.suppress(Exception):
+            await self._peer_gone()

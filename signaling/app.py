@@ -22,6 +22,7 @@ from agent.errors import AgentError, ProviderError
 from agent.phrase_cache import CachedTTS
 from agent.runtime import AgentModels
 from media.errors import AudioFormatError
+from signaling.admission import RETRY_AFTER_S, AdmissionError, authorize
 from signaling.bodylimit import BodyLimitMiddleware
 from signaling.calls import CallLimitError, CallManager
 from signaling.metrics import ServerMetrics
@@ -115,7 +116,9 @@ def create_app(
             settings=settings,
             config=config,
             models=loaded,
-            tokens=TokenService(settings.jwt_secret.get_secret_value(), settings.token_ttl_s),
+            tokens=TokenService.from_settings(
+                settings.jwt_secret, store.settings.data_dir, settings.token_ttl_s
+            ),
             rooms=RoomRegistry(),
             calls=calls,
             metrics=metrics,
@@ -166,6 +169,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         resp = err(exc.status, code, str(exc))
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+
+    @app.exception_handler(AdmissionError)
+    async def admission_error(_: Request, exc: AdmissionError) -> JSONResponse:
+        resp = err(exc.status, exc.code, str(exc))
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = "Bearer"
+        if exc.retryable:
+            resp.headers["Retry-After"] = str(RETRY_AFTER_S)
         return resp
 
     @app.exception_handler(SdpError)
@@ -269,8 +281,6 @@ def _install_routes(app: FastAPI) -> None:
         ``X-Session-Token``; otherwise it starts a new session, whose id and
         token come back with the answer.
         """
-        _room_or_404(st, room_id)
-        st.tokens.verify(bearer(authorization), room_id)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         raw = await request.body()
         session_id = request.query_params.get("session_id")
@@ -285,27 +295,24 @@ def _install_routes(app: FastAPI) -> None:
             session_id = body.session_id or session_id
         else:
             raise ApiError(415, "unsupported_media", "send application/json or application/sdp")
-        if session_id is not None:
-            st.tokens.verify_session(x_session_token, session_id)
-        call, answer = await answer_offer(
-            st.calls,
+        grant = authorize(
+            st,
             room_id,
-            sdp,
-            kind,
-            st.settings.ice_servers,
-            st.settings.output_rate,
+            bearer(authorization),
             session_id=session_id,
+            session_token=x_session_token,
         )
-        st.metrics.calls.labels("webrtc").inc()
+        admitted, answer = await answer_offer(st, grant, sdp, kind)
+        call = admitted.call
         headers = {"X-Call-Id": call.id, "X-Session-Id": call.session.id}
-        if session_id is None:
-            headers["X-Session-Token"] = st.tokens.mint_session(call.session.id)[0]
+        if admitted.session_token is not None:
+            headers["X-Session-Token"] = admitted.session_token
         if whip:
             headers["Location"] = f"/v1/rooms/{room_id}/calls/{call.id}"
             return Response(answer.sdp, 201, headers=headers, media_type="application/sdp")
         return JSONResponse(
             {
-                "session_token": headers.get("X-Session-Token"),
+                "session_token": admitted.session_token,
                 "sdp": answer.sdp,
                 "type": answer.type,
                 "call_id": call.id,

@@ -1,9 +1,15 @@
-"""Calls: one VoiceSession plus the transport resources around it, and their manager.
+"""Calls: one VoiceSession and its transport, and the manager that owns them.
 
-The manager enforces the concurrent-call limit, ends calls whose caller has
-been silent past the idle timeout, ends a room's calls when the room goes,
-and ends every call on shutdown. Each call owns its tasks (inbound audio,
-event forwarding, idle watchdog) and reaps them when it ends.
+The manager enforces the concurrent-call limit, starts each call's runner
+(``signaling.bridge.CallBridge``: one task owning a TaskGroup of the call's
+audio, playback, events, control and idle watchdog), and ends calls: when the
+runner finishes on its own (the caller left, hung up, went idle, or a task
+failed), when the room or session is deleted, on a hang-up request and at
+shutdown.
+
+Ending is idempotent and runs once, in a task owned by the call (so a
+cancelled caller of ``end`` cannot leave a half-closed call behind): cancel the
+runner, close the session, close the transport, forget the call.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +25,8 @@ from agent.config import AgentConfig
 from agent.events import AgentEvent, TranscriptEvent, VadEvent
 from agent.runtime import AgentModels
 from agent.session import EventSink, VoiceSession
+from media.transport import Transport
+from signaling.bridge import CallBridge
 from signaling.recorder import SessionRecorder, messages_from_json
 from store.store import Store
 
@@ -32,30 +39,22 @@ class CallLimitError(Exception):
 
 @dataclass(eq=False)
 class Call:
-    """A live call."""
+    """A live call: its session, and once started its transport and runner."""
 
     id: str
     room_id: str | None
     transport: str
+    """The transport's kind (``"webrtc"``, ``"websocket"``)."""
     session: VoiceSession
     started_at: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
     end_reason: str | None = None
     recorder: SessionRecorder | None = None
-    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    link: Transport | None = None
+    """The transport object, once the call runs."""
+    _runner: asyncio.Task[str] | None = None
+    _closing: asyncio.Task[None] | None = None
     _ended: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run a task owned by this call (cancelled when the call ends)."""
-        task = asyncio.create_task(coro, name=f"{self.id}:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def on_end(self, closer: Callable[[], Awaitable[None]]) -> None:
-        """Register transport clean-up (closing a peer connection or socket)."""
-        self._closers.append(closer)
 
     def touch(self) -> None:
         """The caller did something (spoke or typed): reset the idle timer."""
@@ -63,7 +62,7 @@ class Call:
 
     @property
     def ended(self) -> bool:
-        """Whether the call is over."""
+        """Whether the call is over (session and transport closed)."""
         return self._ended.is_set()
 
     async def wait_ended(self) -> None:
@@ -83,7 +82,7 @@ class Call:
 
 
 class CallManager:
-    """Creates, tracks and ends calls."""
+    """Creates, runs, tracks and ends calls."""
 
     def __init__(
         self,
@@ -135,7 +134,8 @@ class CallManager:
 
         With ``session_id`` the call continues that session: its chat context
         is loaded from the hot tier (or rebuilt from SQL), and its turns are
-        appended to the same history.
+        appended to the same history. The call is live (counted, listed) at
+        once; ``start`` runs it once its transport exists, ``end`` ends it.
         """
         if self._closing:
             raise CallLimitError("server is shutting down")
@@ -171,36 +171,69 @@ class CallManager:
             holder.append(call)
             await session.start()
             self._calls[call_id] = call
-            call.spawn(self._watch_idle(call), "idle")
-            log.info("call %s started (%s, room %s)", call_id, transport, room_id)
+            log.info("call %s opened (%s, room %s)", call_id, transport, room_id)
             return call
         finally:
             self._reserved -= 1
 
+    def start(self, call: Call, transport: Transport) -> None:
+        """Run an opened call over ``transport`` until it ends (see ``CallBridge``)."""
+        if call._runner is not None:
+            raise RuntimeError(f"call {call.id} is already running")
+        if call.end_reason is not None:
+            raise RuntimeError(f"call {call.id} has ended")
+        call.link = transport
+        bridge = CallBridge(call, transport, idle_timeout_s=self.idle_timeout_s)
+        call._runner = asyncio.get_running_loop().create_task(
+            self._run(call, bridge), name=f"{call.id}:runner"
+        )
+
+    async def _run(self, call: Call, bridge: CallBridge) -> str:
+        try:
+            reason = await bridge.run()
+        except Exception as exc:  # the bridge reports task failures itself; this is a bug
+            log.error("call %s: the runner failed (%s)", call.id, type(exc).__name__)
+            reason = f"runner failed ({type(exc).__name__})"
+        # The call ended from the inside: close it in its own task (this one
+        # must finish first, since closing waits for the runner).
+        self._begin_end(call, reason)
+        return reason
+
     async def end(self, call: Call, reason: str) -> None:
-        """End a call: stop its tasks, close its session and transport (idempotent)."""
-        if call.ended or call.end_reason is not None:
-            await call.wait_ended()
-            return
-        call.end_reason = reason
-        current = asyncio.current_task()
-        tasks = [t for t in call._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """End a call (idempotent): stop its runner, close its session and transport.
+
+        The first reason given is kept. Returns once the call is over, even
+        if another caller started ending it.
+        """
+        await asyncio.shield(self._begin_end(call, reason))
+
+    def _begin_end(self, call: Call, reason: str) -> asyncio.Task[None]:
+        if call._closing is None:
+            call.end_reason = reason
+            call._closing = asyncio.get_running_loop().create_task(
+                self._close(call), name=f"{call.id}:close"
+            )
+        return call._closing
+
+    async def _close(self, call: Call) -> None:
+        runner = call._runner
+        if runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.wait([runner])
         try:
             await call.session.close()
+        except Exception as exc:
+            log.error("call %s: closing the session failed (%s)", call.id, type(exc).__name__)
         finally:
-            for closer in call._closers:
-                try:
-                    await closer()
-                except Exception:
-                    log.exception("call %s: transport clean-up failed", call.id)
-            self._calls.pop(call.id, None)
-            if call.recorder is not None:
-                call.recorder.ended()
-            call._ended.set()
-            log.info("call %s ended (%s)", call.id, reason)
+            try:
+                if call.link is not None:
+                    await call.link.close(call.end_reason or "call ended")
+            finally:
+                self._calls.pop(call.id, None)
+                if call.recorder is not None:
+                    call.recorder.ended()
+                call._ended.set()
+                log.info("call %s ended (%s)", call.id, call.end_reason)
 
     async def end_room(self, room_id: str) -> int:
         """End every call of a room; returns how many."""
@@ -212,12 +245,3 @@ class CallManager:
         """Refuse new calls and end all live ones."""
         self._closing = True
         await asyncio.gather(*(self.end(c, "server shutdown") for c in list(self._calls.values())))
-
-    async def _watch_idle(self, call: Call) -> None:
-        while True:
-            remaining = call.last_activity + self.idle_timeout_s - time.monotonic()
-            if remaining <= 0:
-                # end() reaps every task of the call except the one calling it
-                await self.end(call, "idle timeout")
-                return
-            await asyncio.sleep(min(remaining, 5.0))

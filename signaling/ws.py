@@ -13,7 +13,8 @@ speaks (barge-in simply stops them).
 
 Refusals close the socket after one JSON error with code 4401 (no or bad
 token), 4403 (another room's token), 4404 (no such room) or 4503 (too many
-calls); a frame over ``MAX_MESSAGE_BYTES`` closes it with 1009.
+calls); a frame over ``MAX_MESSAGE_BYTES`` closes it with 1009. When the call
+ends the server closes with 1000 and the reason (``hung up``, ``idle timeout``...).
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
 
-from agent.errors import SessionClosedError
-from agent.events import SessionState, StateEvent
 from media.frames import FRAME_MS, PIPELINE_RATE, AudioFrame
-from signaling.calls import Call, CallLimitError
+from media.playout import PlayoutBuffer
+from media.transport import ControlInbox, ControlMessage, TransportClosedError, parse_control
+from signaling.admission import AdmissionError, authorize, open_call, start_call
 from signaling.state import AppState
-from signaling.tokens import TokenError, bearer
+from signaling.tokens import bearer
 
-log = logging.getLogger(__name__)
 router = APIRouter()
 
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -42,128 +43,130 @@ MAX_MESSAGE_BYTES = 256 * 1024
 _FRAME_SAMPLES = PIPELINE_RATE * FRAME_MS // 1000
 
 
-async def _refuse(ws: WebSocket, code: int, kind: str, detail: str) -> None:
-    await ws.accept()
-    await ws.send_text(
-        json.dumps({"type": "error", "stage": kind, "message": detail, "retryable": code == 4503})
-    )
-    await ws.close(code=code, reason=detail[:120])
+class WebSocketTransport:
+    """A call over a Starlette WebSocket (see ``media.transport.Transport``).
+
+    One socket carries everything: ``inbound()`` is its reader, yielding the
+    binary audio and routing text messages to the control inbox. Sends are
+    serialised by a lock (events and audio come from different tasks).
+    """
+
+    kind = "websocket"
+
+    def __init__(self, ws: WebSocket) -> None:
+        self._ws = ws
+        self._lock = asyncio.Lock()
+        self._inbox = ControlInbox()
+
+    async def inbound(self) -> AsyncIterator[AudioFrame]:
+        """The caller's PCM in 20 ms frames (odd bytes carry over) until the socket closes."""
+        carry = b""
+        try:
+            while True:
+                try:
+                    message = await self._ws.receive()
+                except (WebSocketDisconnect, RuntimeError):
+                    return
+                if message["type"] == "websocket.disconnect":
+                    return
+                data: bytes | None = message.get("bytes")
+                text: str | None = message.get("text")
+                if data is not None:
+                    if len(data) > MAX_MESSAGE_BYTES:
+                        await self._close(1009, "message too big")
+                        return
+                    buf = carry + data
+                    usable = len(buf) - len(buf) % 2
+                    carry = buf[usable:]
+                    pcm = np.frombuffer(buf[:usable], dtype="<i2").astype(np.int16)
+                    for i in range(0, pcm.size, _FRAME_SAMPLES):
+                        yield AudioFrame(pcm[i : i + _FRAME_SAMPLES], PIPELINE_RATE)
+                elif text is not None:
+                    self._inbox.put(parse_control(text))
+        finally:
+            self._inbox.close()
+
+    async def control(self) -> AsyncIterator[ControlMessage]:
+        """The text messages, parsed (they end with the socket)."""
+        async for message in self._inbox:
+            yield message
+
+    async def play(self, playout: PlayoutBuffer) -> None:
+        """Send the agent's paced frames while it speaks (silence is not sent)."""
+        async for frame, speech in playout.frames():
+            if speech:
+                await self._send(frame.samples.astype("<i2").tobytes())
+
+    async def send_event(self, event: Mapping[str, Any]) -> None:
+        """Send one event as a JSON text message."""
+        await self._send(json.dumps(event))
+
+    async def close(self, reason: str) -> None:
+        """Close with 1000 and the reason (idempotent)."""
+        await self._close(1000, reason)
+
+    async def _send(self, data: str | bytes) -> None:
+        async with self._lock:
+            if not self._open:
+                raise TransportClosedError("websocket closed")
+            try:
+                if isinstance(data, bytes):
+                    await self._ws.send_bytes(data)
+                else:
+                    await self._ws.send_text(data)
+            except (WebSocketDisconnect, OSError) as exc:
+                raise TransportClosedError("websocket closed") from exc
+
+    async def _close(self, code: int, reason: str) -> None:
+        async with self._lock:
+            if self._open:
+                with contextlib.suppress(Exception):
+                    await self._ws.close(code=code, reason=reason[:120])
+
+    @property
+    def _open(self) -> bool:
+        return (
+            self._ws.client_state is WebSocketState.CONNECTED
+            and self._ws.application_state is WebSocketState.CONNECTED
+        )
 
 
 @router.websocket("/v1/ws/voice")
 async def voice_socket(ws: WebSocket) -> None:
     """A voice call over a WebSocket (see the module docstring for the protocol)."""
     st: AppState = ws.app.state.parley
-    room_id = ws.query_params.get("room", "")
-    token = ws.query_params.get("token") or bearer(ws.headers.get("authorization"))
-    if st.rooms.get(room_id) is None:
-        await _refuse(ws, 4404, "auth", "no such room")
-        return
-    try:
-        st.tokens.verify(token, room_id)
-    except TokenError as exc:
-        await _refuse(ws, 4401 if exc.status == 401 else 4403, "auth", str(exc))
-        return
     session_id = ws.query_params.get("session") or None
-    if session_id is not None:
-        try:
-            st.tokens.verify_session(ws.query_params.get("session_token"), session_id)
-        except TokenError as exc:
-            await _refuse(ws, 4401 if exc.status == 401 else 4403, "auth", str(exc))
-            return
     try:
-        call = await st.calls.open(
-            "websocket", room_id=room_id, output_rate=PIPELINE_RATE, session_id=session_id
+        grant = authorize(
+            st,
+            ws.query_params.get("room", ""),
+            ws.query_params.get("token") or bearer(ws.headers.get("authorization")),
+            session_id=session_id,
+            session_token=ws.query_params.get("session_token"),
         )
-    except CallLimitError as exc:
-        await _refuse(ws, 4503, "capacity", str(exc))
+        admitted = await open_call(st, grant, "websocket", output_rate=PIPELINE_RATE)
+    except AdmissionError as exc:
+        await _refuse(ws, exc)
         return
-    st.metrics.calls.labels("websocket").inc()
-    await ws.accept()
-    hello: dict[str, Any] = {"type": "session", "session_id": call.session.id, "call_id": call.id}
-    if session_id is None:
-        hello["session_token"] = st.tokens.mint_session(call.session.id)[0]
-    await ws.send_text(json.dumps(hello))
-
-    async def close_socket() -> None:
-        with contextlib.suppress(Exception):
-            await ws.close(code=1000, reason=call.end_reason or "call ended")
-
-    call.on_end(close_socket)
-    send_lock = asyncio.Lock()
-    call.spawn(_send_events(ws, call, send_lock), "ws-events")
-    call.spawn(_send_audio(ws, call, send_lock), "ws-audio")
+    call = admitted.call
     try:
-        await _receive(ws, call, send_lock)
+        await ws.accept()
+        hello: dict[str, Any] = {
+            "type": "session",
+            "session_id": call.session.id,
+            "call_id": call.id,
+        }
+        if admitted.session_token is not None:
+            hello["session_token"] = admitted.session_token
+        await ws.send_text(json.dumps(hello))
+        start_call(st, call, WebSocketTransport(ws))
+        await call.wait_ended()
     finally:
         await st.calls.end(call, "websocket closed")
 
 
-async def _send(ws: WebSocket, lock: asyncio.Lock, data: str | bytes) -> None:
-    async with lock:
-        if isinstance(data, bytes):
-            await ws.send_bytes(data)
-        else:
-            await ws.send_text(data)
-
-
-async def _send_events(ws: WebSocket, call: Call, lock: asyncio.Lock) -> None:
-    async for event in call.session.events():
-        await _send(ws, lock, json.dumps(event.to_dict()))
-        if isinstance(event, StateEvent) and event.state is SessionState.CLOSED:
-            return
-
-
-async def _send_audio(ws: WebSocket, call: Call, lock: asyncio.Lock) -> None:
-    async for frame, speech in call.session.playout.frames():
-        if speech:
-            await _send(ws, lock, frame.samples.astype("<i2").tobytes())
-
-
-async def _receive(ws: WebSocket, call: Call, lock: asyncio.Lock) -> None:
-    carry = b""
-
-    async def error(detail: str) -> None:
-        await _send(
-            ws,
-            lock,
-            json.dumps({"type": "error", "stage": "input", "message": detail, "retryable": False}),
-        )
-
-    while True:
-        try:
-            message = await ws.receive()
-        except WebSocketDisconnect:
-            return
-        if message["type"] == "websocket.disconnect":
-            return
-        data: bytes | None = message.get("bytes")
-        text: str | None = message.get("text")
-        if data is not None:
-            if len(data) > MAX_MESSAGE_BYTES:
-                await ws.close(code=1009, reason="message too big")
-                return
-            buf = carry + data
-            usable = len(buf) - len(buf) % 2
-            carry = buf[usable:]
-            pcm = np.frombuffer(buf[:usable], dtype="<i2").astype(np.int16)
-            for i in range(0, pcm.size, _FRAME_SAMPLES):
-                with contextlib.suppress(SessionClosedError):
-                    call.session.push_audio(AudioFrame(pcm[i : i + _FRAME_SAMPLES], PIPELINE_RATE))
-        elif text is not None:
-            if len(text) > 16 * 1024:
-                await error("text message over 16 KiB")
-                continue
-            try:
-                payload = json.loads(text)
-            except json.JSONDecodeError:
-                await error("text messages must be JSON")
-                continue
-            kind = payload.get("type") if isinstance(payload, dict) else None
-            if kind == "hangup":
-                return
-            if kind == "text" and isinstance(payload.get("text"), str):
-                call.touch()
-                await call.session.send_text(payload["text"])
-                continue
-            await error('expected {"type": "text", "text": ...} or {"type": "hangup"}')
+async def _refuse(ws: WebSocket, exc: AdmissionError) -> None:
+    await ws.accept()
+    error = {"type": "error", "stage": exc.stage, "message": str(exc), "retryable": exc.retryable}
+    await ws.send_text(json.dumps(error))
+    await ws.close(code=4000 + exc.status, reason=str(exc)[:120])

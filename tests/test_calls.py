@@ -20,7 +20,7 @@ from media.frames import rms_dbfs
 from tests.server import running_server
 from tests.speech import compose
 from tests.test_session import GREETING
-from tests.webrtc_client import Caller
+from tests.webrtc_client import connect, events, speaking, wait_for, wait_freed
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +54,10 @@ async def room(client: httpx.AsyncClient) -> dict[str, Any]:
 
 
 async def test_webrtc_call_question_and_answer(client: httpx.AsyncClient) -> None:
-    caller = Caller(compose(1.0, "What is the capital of France?", 8.0))
+    caller = speaking(compose(1.0, "What is the capital of France?", 8.0))
     r = await room(client)
     try:
-        answer = await caller.connect(client, r)
+        answer = await connect(caller, client, r)
         assert answer["call_id"].startswith("call_")
         listed = (await client.get(f"/v1/rooms/{r['id']}")).json()["calls"]
         assert [c["transport"] for c in listed] == ["webrtc"]
@@ -66,58 +66,64 @@ async def test_webrtc_call_question_and_answer(client: httpx.AsyncClient) -> Non
             # metrics follow the reply event on the channel: wait for both
             return bool(caller.of_type("metrics")) and len(caller.loud_times()) > 25
 
-        await caller.wait_for(answered, within=60)
-        finals = [e for e in caller.of_type("transcript") if e["final"]]
+        await wait_for(caller, answered, 60)
+        finals = [e for e in events(caller, "transcript") if e["final"]]
         assert "capital of france" in finals[0]["text"].lower()
-        assert caller.of_type("metrics")[0]["voice_to_voice_ms"] > 0
+        assert events(caller, "metrics")[0]["voice_to_voice_ms"] > 0
         # text typed on the data channel is answered too
-        caller.channel.send(json.dumps({"type": "text", "text": "Thank you!"}))
-        await caller.wait_for(lambda: len(caller.of_type("reply")) >= 2, within=60)
-        caller.channel.send("{broken")
-        await caller.wait_for(lambda: bool(caller.of_type("error")), within=10)
+        caller.send({"type": "text", "text": "Thank you!"})
+        await wait_for(caller, lambda: len(caller.of_type("reply")) >= 2, 60)
+        # what the bridge cannot read is answered in the one error format
+        caller.send("{broken")
+        await wait_for(caller, lambda: bool(caller.of_type("error")), 10)
+        error = events(caller, "error")[0]
+        assert (error["stage"], error["retryable"]) == ("input", False)
+        assert "JSON" in error["message"]
     finally:
         await caller.close()
-
     # the server notices the peer is gone and frees the call
-    async def freed() -> bool:
-        health: dict[str, int] = (await client.get("/health")).json()
-        return health["active_calls"] == 0
+    assert await wait_freed(client)
 
-    for _ in range(100):
-        if await freed():
-            break
-        await asyncio.sleep(0.1)
-    assert await freed()
+
+async def test_webrtc_hangup_on_the_data_channel(client: httpx.AsyncClient) -> None:
+    caller = speaking()
+    r = await room(client)
+    try:
+        await connect(caller, client, r)
+        await wait_for(caller, lambda: caller.connected, 30)
+        caller.send({"type": "hangup"})
+        # the server ends the call and closes its peer connection
+        await wait_for(caller, lambda: caller.pc.connectionState == "closed", 30)
+        assert (await client.get(f"/v1/rooms/{r['id']}")).json()["calls"] == []
+    finally:
+        await caller.close()
 
 
 async def test_webrtc_barge_in_stops_agent_audio(greeting_url: str) -> None:
     onset_s = 3.0
-    caller = Caller(compose(onset_s, "Stop please, I have a question about parking.", 6.0))
+    caller = speaking(compose(onset_s, "Stop please, I have a question about parking.", 6.0))
     async with httpx.AsyncClient(base_url=greeting_url, timeout=60) as client:
         r = await room(client)
         try:
-            await caller.connect(client, r)
-            await caller.wait_for(lambda: bool(caller.of_type("interruption")), within=30)
-            await caller.wait_for(
-                lambda: any(e["interrupted"] for e in caller.of_type("reply")), within=30
-            )
-            await asyncio.sleep(1.5)
+            await connect(caller, client, r)
+
+            def interrupted() -> bool:
+                return any(e["interrupted"] for e in events(caller, "reply"))
+
+            await wait_for(caller, lambda: bool(caller.of_type("interruption")), 30)
+            await wait_for(caller, interrupted, 30)
         finally:
             await caller.close()
+    # Behaviour only; how fast the agent stops is a figure of the wire benchmark
+    # (python -m bench.wire: barge-in stop times), not an assert.
     assert caller.track.started_at is not None
     speech_at = caller.track.started_at + onset_s
-    loud = caller.loud_times()
-    assert any(t < speech_at for t in loud), "the greeting was not heard before the barge-in"
-    # The greeting stops within a fraction of a second of the caller's onset
-    # and stays silent for over a second (natural pauses are < 0.4 s).
-    after = [t for t in loud if t > speech_at]
-    last_greeting = max(
-        [t for t in loud if t <= speech_at] + [t for t in after if t < speech_at + 0.8]
-    )
-    assert last_greeting - speech_at < 0.8
-    next_loud = [t for t in loud if t > last_greeting + 0.1]
-    assert not next_loud or next_loud[0] - last_greeting > 1.0
-    reply = next(e for e in caller.of_type("reply") if e["interrupted"])
+    assert any(t < speech_at for t in caller.loud_times()), "the greeting was not heard"
+    phases = [e["phase"] for e in events(caller, "interruption")]
+    assert "confirmed" in phases
+    reply = next(e for e in events(caller, "reply") if e["interrupted"])
+    assert reply["text"] == GREETING
+    # only what was played before the barge-in counts as heard: a prefix
     assert reply["heard_text"] and GREETING.startswith(reply["heard_text"])
     assert len(reply["heard_text"]) < len(GREETING) / 2
 
@@ -126,7 +132,7 @@ async def test_websocket_round_trip_and_errors(base_url: str, client: httpx.Asyn
     r = await room(client)
     ws_url = base_url.replace("http", "ws") + f"/v1/ws/voice?room={r['id']}&token={r['token']}"
     pcm = compose(0.5, "How many legs does a spider have?", 2.0)
-    events: list[dict[str, Any]] = []
+    received: list[dict[str, Any]] = []
     agent_audio: list[np.ndarray] = []
     async with websockets.connect(ws_url, max_size=2**20) as ws:
 
@@ -135,7 +141,7 @@ async def test_websocket_round_trip_and_errors(base_url: str, client: httpx.Asyn
                 if isinstance(message, bytes):
                     agent_audio.append(np.frombuffer(message, "<i2"))
                 else:
-                    events.append(json.loads(message))
+                    received.append(json.loads(message))
 
         task = asyncio.create_task(reader())
         await ws.send(b"\x01\x00\x02")  # odd lengths are carried over, not fatal
@@ -146,16 +152,40 @@ async def test_websocket_round_trip_and_errors(base_url: str, client: httpx.Asyn
             await asyncio.sleep(0.05)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (
-            any(e["type"] == "reply" for e in events) and len(agent_audio) > 25
+            any(e["type"] == "reply" for e in received) and len(agent_audio) > 25
         ):
             await ws.send(np.zeros(320, "<i2").tobytes())
             await asyncio.sleep(0.02)
         await ws.send(json.dumps({"type": "hangup"}))
-        await asyncio.wait_for(task, 10)
-    assert any(e["type"] == "error" and "JSON" in e["message"] for e in events)
-    finals = [e for e in events if e["type"] == "transcript" and e["final"]]
+        await asyncio.wait_for(task, 10)  # hang guard: the server closes the socket
+    assert (ws.close_code, ws.close_reason) == (1000, "hung up")
+    assert received[0]["type"] == "session" and received[0]["session_token"]
+    errors = [e for e in received if e["type"] == "error"]
+    assert [(e["stage"], e["retryable"]) for e in errors] == [("input", False)]
+    assert "JSON" in errors[0]["message"]
+    finals = [e for e in received if e["type"] == "transcript" and e["final"]]
     assert finals and "spider" in finals[0]["text"].lower()
     assert rms_dbfs(np.concatenate(agent_audio)) > -40
+
+
+async def read_until_closed(ws: Any) -> None:
+    """Read (and drop) messages until the socket closes."""
+    while True:
+        await ws.recv()
+
+
+async def test_websocket_message_too_big_closes_1009(
+    base_url: str, client: httpx.AsyncClient
+) -> None:
+    r = await room(client)
+    url = base_url.replace("http", "ws") + f"/v1/ws/voice?room={r['id']}&token={r['token']}"
+    async with websockets.connect(url, max_size=2**20) as ws:
+        assert json.loads(await ws.recv())["type"] == "session"
+        await ws.send(b"\x00" * (256 * 1024 + 2))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await read_until_closed(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert await wait_freed(client)
 
 
 async def test_websocket_refusals_and_capacity(base_url: str, client: httpx.AsyncClient) -> None:
@@ -181,15 +211,15 @@ async def test_websocket_refusals_and_capacity(base_url: str, client: httpx.Asyn
         await asyncio.sleep(0.3)
         assert (await client.get("/health")).json()["active_calls"] == 2
         assert await close_code(ok) == 4503
-        caller = Caller(np.zeros(16000, np.int16))
+        caller = speaking()
         try:
-            await caller.pc.setLocalDescription(await caller.pc.createOffer())
             resp = await client.post(
                 f"/v1/rooms/{r['id']}/offer",
-                json={"sdp": caller.pc.localDescription.sdp, "type": "offer"},
+                json={"sdp": await caller.offer(), "type": "offer"},
                 headers={"Authorization": f"Bearer {r['token']}"},
             )
             assert resp.status_code == 503 and resp.json()["error"] == "too_many_calls"
+            assert resp.headers["Retry-After"] == "5"
         finally:
             await caller.close()
         # deleting the room ends its calls
@@ -215,10 +245,8 @@ async def test_silent_caller_is_hung_up_after_idle_timeout(models: AgentModels) 
             r = await room(client)
             url = base.replace("http", "ws") + f"/v1/ws/voice?room={r['id']}&token={r['token']}"
             async with websockets.connect(url) as ws:
-                started = time.monotonic()
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await send_silence_forever(ws)
                 assert closed.value.rcvd is not None
-                assert closed.value.rcvd.reason == "idle timeout"
-                assert 0.9 < time.monotonic() - started < 5.0
-            assert (await client.get("/health")).json()["active_calls"] == 0
+                assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, "idle timeout")
+            assert await wait_freed(client)

@@ -1,0 +1,97 @@
+"""The one gate every call passes, whatever its transport.
+
+``authorize`` checks the room and its join token, and the session token when
+the call continues a session (pure checks, nothing is created); ``open_call``
+reserves capacity and starts the session; ``start_call`` runs it over its
+transport and counts it in the ``parley_calls{transport=...}`` metric.
+Between ``open_call`` and ``start_call`` a transport does its own protocol work
+(an SDP answer); if that fails it ends the call with ``CallManager.end``.
+
+Refusals raise ``AdmissionError``, whose ``status`` is the HTTP status (401,
+403, 404, 503); the WebSocket closes with ``4000 + status`` and a SIP bridge
+can answer with the same SIP status codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from media.transport import Transport
+from signaling.calls import Call, CallLimitError
+from signaling.state import AppState
+from signaling.tokens import TokenError
+
+RETRY_AFTER_S = 5
+"""What a caller refused for capacity is told to wait before trying again."""
+
+
+class AdmissionError(Exception):
+    """A call that is refused.
+
+    ``status`` is 401 (no or bad token), 403 (another room's or session's
+    token), 404 (no such room) or 503 (no capacity); ``code`` is the API's
+    error code; ``stage`` is ``"auth"`` or ``"capacity"``; only capacity
+    refusals are ``retryable`` (after ``RETRY_AFTER_S``).
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.stage = "capacity" if status == 503 else "auth"
+        self.retryable = status == 503
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What ``authorize`` allows: a call in ``room_id``, continuing ``session_id`` if set."""
+
+    room_id: str
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """An opened call, and the token of its session when the call started a new one."""
+
+    call: Call
+    session_token: str | None
+
+
+def authorize(
+    st: AppState,
+    room_id: str,
+    token: str | None,
+    *,
+    session_id: str | None = None,
+    session_token: str | None = None,
+) -> Grant:
+    """Check the room, its join token and (to continue a session) the session token."""
+    if st.rooms.get(room_id) is None:
+        raise AdmissionError(404, "room_not_found", "no such room")
+    try:
+        st.tokens.verify(token, room_id)
+        if session_id is not None:
+            st.tokens.verify_session(session_token, session_id)
+    except TokenError as exc:
+        code = "unauthorized" if exc.status == 401 else "forbidden"
+        raise AdmissionError(exc.status, code, str(exc)) from exc
+    return Grant(room_id, session_id)
+
+
+async def open_call(st: AppState, grant: Grant, kind: str, *, output_rate: int) -> Admitted:
+    """Reserve capacity and start the session of a ``kind`` call (``output_rate`` Hz out)."""
+    try:
+        call = await st.calls.open(
+            kind, room_id=grant.room_id, output_rate=output_rate, session_id=grant.session_id
+        )
+    except CallLimitError as exc:
+        raise AdmissionError(503, "too_many_calls", str(exc)) from exc
+    token = None if grant.session_id is not None else st.tokens.mint_session(call.session.id)[0]
+    return Admitted(call, token)
+
+
+def start_call(st: AppState, call: Call, transport: Transport) -> None:
+    """Run an opened call over its transport, and count it."""
+    st.calls.start(call, transport)
+    st.metrics.calls.labels(transport.kind).inc()

@@ -1,0 +1,179 @@
+"""The call bridge: runs one call between its ``VoiceSession`` and its transport.
+
+``CallBridge.run`` owns every task of a call in one ``asyncio.TaskGroup``:
+
+``audio-in``  the caller's frames, normalised once here to 16 kHz mono
+              (``FrameNormalizer``) and pushed into the session;
+``playback``  ``transport.play(session.playout)`` (paced push, or aiortc's pull track);
+``events``    session events out as JSON dicts;
+``control``   typed text in, hang-up, and one error format for what is not understood;
+``idle``      ends a call whose caller has been silent past the idle timeout.
+
+The call ends with the first of: the caller leaving (``inbound()`` or
+``play()`` ends, or a send raises ``TransportClosedError``), a hang-up, the idle
+timeout, the session closing, or a task failing. A failed task is never
+silent: the call ends at once, the reason (task and exception class, never
+its message) is logged, and the caller gets an ``error`` event. Ending from
+the outside (``CallManager.end``) cancels ``run``, which cancels every task;
+``CancelledError`` propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from agent.errors import SessionClosedError
+from agent.events import ErrorEvent
+from media.frames import PIPELINE_RATE, AudioFrame
+from media.resample import FrameNormalizer
+from media.transport import HangUp, InvalidControl, TextInput, Transport, TransportClosedError
+
+if TYPE_CHECKING:
+    from signaling.calls import Call
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+IDLE_POLL_S = 5.0
+"""Longest sleep of the idle watchdog between checks."""
+NOTIFY_TIMEOUT_S = 2.0
+"""How long the bridge tries to deliver the error event of a failed call."""
+
+
+class CallTaskError(Exception):
+    """A task of a call failed. ``stage`` names the task; ``__cause__`` is the failure."""
+
+    def __init__(self, stage: str, cause: Exception) -> None:
+        super().__init__(f"{stage} failed ({type(cause).__name__})")
+        self.stage = stage
+        self.cause = cause
+
+
+def input_error(message: str) -> dict[str, Any]:
+    """The one error format of control messages the bridge could not accept."""
+    return ErrorEvent(stage="input", message=message, retryable=False).to_dict()
+
+
+class CallBridge:
+    """Runs one call: the session on one side, the transport on the other."""
+
+    def __init__(self, call: Call, transport: Transport, *, idle_timeout_s: float) -> None:
+        self._call = call
+        self._session = call.session
+        self._transport = transport
+        self._idle_timeout_s = idle_timeout_s
+        self._ended: asyncio.Future[str] | None = None
+
+    async def run(self) -> str:
+        """Run the call until it ends; returns why (a short reason, safe to log)."""
+        self._ended = asyncio.get_running_loop().create_future()
+        stages: dict[str, Callable[[], Coroutine[Any, Any, str | None]]] = {
+            "audio-in": self._audio_in,
+            "playback": self._playback,
+            "events": self._events,
+            "control": self._control,
+            "idle": self._idle,
+        }
+        failure: CallTaskError | None = None
+        reason = "call ended"
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._guard(stage, work()), name=f"{self._call.id}:{stage}")
+                    for stage, work in stages.items()
+                ]
+                reason = await self._ended
+                for task in tasks:
+                    task.cancel()
+        except* CallTaskError as failed:
+            # the first failure ends the call; later ones are its consequences
+            failure = cast(CallTaskError, failed.exceptions[0])
+        if failure is None:
+            return reason
+        log.warning("call %s: %s; ending the call", self._call.id, failure)
+        notice = ErrorEvent(stage="call", message=f"the call ended: {failure}", retryable=False)
+        await self._notify(notice.to_dict())
+        return str(failure)
+
+    async def _guard(self, stage: str, work: Coroutine[Any, Any, str | None]) -> None:
+        """Run one task; a returned reason ends the call, an exception fails it."""
+        try:
+            reason = await work
+        except TransportClosedError:
+            reason = f"{self._transport.kind} closed"
+        except SessionClosedError:
+            reason = self._session_closed()
+        except Exception as exc:
+            raise CallTaskError(stage, exc) from exc
+        if reason is not None and self._ended is not None and not self._ended.done():
+            self._ended.set_result(reason)
+
+    async def _notify(self, event: dict[str, Any]) -> None:
+        """Best effort: a failing transport must not hold up the end of the call."""
+        try:
+            async with asyncio.timeout(NOTIFY_TIMEOUT_S):
+                await self._transport.send_event(event)
+        except (TransportClosedError, TimeoutError):
+            pass
+        except Exception as exc:
+            log.debug("call %s: error event not delivered (%s)", self._call.id, type(exc).__name__)
+
+    def _session_closed(self) -> str:
+        failure = self._session.failure  # set when the session closed itself on a fatal error
+        return f"session closed ({failure})" if failure else "session closed"
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _audio_in(self) -> str:
+        normalizer = FrameNormalizer(PIPELINE_RATE)
+        async with _closing(self._transport.inbound()) as frames:
+            async for frame in frames:
+                pcm: AudioFrame = normalizer.process(frame)
+                if pcm.samples.size:
+                    self._session.push_audio(pcm)
+        return f"{self._transport.kind} closed"
+
+    async def _playback(self) -> str:
+        await self._transport.play(self._session.playout)
+        return f"{self._transport.kind} closed"
+
+    async def _events(self) -> str:
+        async for event in self._session.events():
+            await self._transport.send_event(event.to_dict())
+        return self._session_closed()
+
+    async def _control(self) -> str | None:
+        async with _closing(self._transport.control()) as messages:
+            async for message in messages:
+                if isinstance(message, HangUp):
+                    return "hung up"
+                if isinstance(message, TextInput):
+                    self._call.touch()
+                    await self._session.send_text(message.text)
+                elif isinstance(message, InvalidControl):
+                    await self._transport.send_event(input_error(message.message))
+        return None  # the control channel closed; media may go on
+
+    async def _idle(self) -> str:
+        while True:
+            remaining = self._call.last_activity + self._idle_timeout_s - time.monotonic()
+            if remaining <= 0:
+                return "idle timeout"
+            await asyncio.sleep(min(remaining, IDLE_POLL_S))
+
+
+@contextlib.asynccontextmanager
+async def _closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close an async generator when the loop over it stops (however it stops)."""
+    try:
+        yield iterator
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
