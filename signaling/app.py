@@ -104,6 +104,7 @@ def create_app(
         # Calls speak through the phrase cache (greetings and fixed phrases come back at once).
         call_models = dataclasses.replace(loaded, tts=CachedTTS(loaded.tts, store.phrases))
         metrics = ServerMetrics()
+        metrics.watch_store(store.stats)
         calls = CallManager(
             call_models,
             config,
@@ -133,7 +134,7 @@ def create_app(
             await calls.shutdown()
             await store.close()
             if own:
-                loaded.close()
+                await loaded.aclose()
 
     app = FastAPI(
         title="Parley",
@@ -230,6 +231,7 @@ def _install_routes(app: FastAPI) -> None:
                 **{f"{k}_ok": v for k, v in (await st.store.healthy()).items()},
             },
             "store_pending_writes": st.store.writer.pending,
+            "store_stats": st.store.stats(),
             "uptime_s": round(time.time() - st.started_at, 1),
         }
 
