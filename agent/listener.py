@@ -9,7 +9,9 @@ those events mean.
 Tasks (owned, reaped on ``aclose``): the audio loop, at most one partial STT
 at a time, the speculative final STT started when the caller pauses, and the
 finalisation of each ended turn. Final transcriptions are asked with
-priority over partials (the STT provider orders its queue by it).
+priority over partials (the STT provider orders its queue by it), and
+delivered in the order the turns ended, whichever transcription finishes
+first.
 
 Inbound bound: ``INPUT_QUEUE_FRAMES`` frames (3 s of 20 ms audio); past it
 the oldest frame is dropped and counted in ``dropped_frames``.
@@ -18,6 +20,7 @@ the oldest frame is dropped and counted in ``dropped_frames``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ from agent.turnclock import TurnClock
 from agent.turns import TurnDetector, TurnEvent, TurnEventKind
 from agent.vad import WINDOW_SAMPLES
 from media.frames import AudioFrame, FloatPCM
+
+log = logging.getLogger(__name__)
 
 INPUT_QUEUE_FRAMES = 150
 """Inbound audio queue bound: 3 s of 20 ms frames; the oldest frame is dropped past it."""
@@ -125,6 +130,7 @@ class Listener:
         self._arrival = 0.0
         self._turn_id = ""
         self._finals = 0
+        self._last_final: asyncio.Event | None = None
         self._processing = False
         self.urgent_partials = False
         """Set while a paused reply waits for words: partials come faster."""
@@ -247,7 +253,12 @@ class Listener:
                 spec.task.cancel()
                 spec = None
             self._finals += 1
-            self._tasks.spawn(self._finish_turn(self._turn_id, audio, spec, clock), "turn-finish")
+            previous, delivered = self._last_final, asyncio.Event()
+            self._last_final = delivered
+            self._tasks.spawn(
+                self._finish_turn(self._turn_id, audio, spec, clock, previous, delivered),
+                "turn-finish",
+            )
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
@@ -288,27 +299,45 @@ class Listener:
             self._hearing.partial_transcript(turn_id, result)
 
     async def _finish_turn(
-        self, turn_id: str, audio: FloatPCM, spec: _Speculation | None, clock: TurnClock
+        self,
+        turn_id: str,
+        audio: FloatPCM,
+        spec: _Speculation | None,
+        clock: TurnClock,
+        previous: asyncio.Event | None,
+        delivered: asyncio.Event,
     ) -> None:
-        failure: ProviderError | None = None
-        result: Transcript | None = None
+        """Transcribe an ended turn and deliver it, after the turn before it (always)."""
+        counted = True
         try:
-            if spec is not None:
-                outcome = await spec.task
-                if isinstance(outcome, ProviderError):
-                    raise outcome
-                result = outcome
-                clock.speculative_hit = True
-            else:
-                result = await self._stt.transcribe(audio)
-        except ProviderError as exc:
-            failure = exc
-        finally:
+            failure: ProviderError | None = None
+            result: Transcript | None = None
+            try:
+                if spec is not None:
+                    outcome = await spec.task
+                    if isinstance(outcome, ProviderError):
+                        raise outcome
+                    result = outcome
+                    clock.speculative_hit = True
+                else:
+                    result = await self._stt.transcribe(audio)
+            except ProviderError as exc:
+                failure = exc
+            except Exception as exc:  # an STT bug must not strand the turn (or held ones)
+                log.error("listener: transcription raised %s", type(exc).__name__)
+                failure = ProviderError("stt", f"transcription failed: {type(exc).__name__}")
+            if previous is not None:
+                await previous.wait()  # finals are delivered in the order the turns ended
             self._finals -= 1  # counted out before the session hears of it
-        if failure is not None or result is None:
-            assert failure is not None
-            self._hearing.stt_failed(turn_id, failure, final=True)
-            return
-        clock.stt_final_s = result.processing_s
-        clock.stt_ready = time.monotonic()
-        self._hearing.user_turn(UserTurn(turn_id, result, clock))
+            counted = False
+            if failure is not None or result is None:
+                assert failure is not None
+                self._hearing.stt_failed(turn_id, failure, final=True)
+                return
+            clock.stt_final_s = result.processing_s
+            clock.stt_ready = time.monotonic()
+            self._hearing.user_turn(UserTurn(turn_id, result, clock))
+        finally:
+            if counted:
+                self._finals -= 1
+            delivered.set()

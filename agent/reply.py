@@ -2,10 +2,11 @@
 
 A ``Reply`` runs as the task of its ``SpeechHandle``: interrupting the handle
 cancels it, and the playout buffer's per-segment accounting tells what the
-caller heard. Three stages run in one ``TaskGroup``: text (LLM tokens or a
-canned text, cut into chunks), speech (TTS per chunk, resampled to the
-playout rate off the event loop, pushed into the playout buffer) and a
-watcher that reports when the first sample is played.
+caller heard. Two stages run in one ``TaskGroup``: text (LLM tokens or a
+canned text, cut into chunks) and speech (TTS per chunk, resampled to the
+playout rate off the event loop, pushed into the playout buffer); a watcher
+reports when the first sample is played (it lives until the reply is played
+out: a reply may have no audio at all, e.g. a tool call only).
 
 Bounds: at most ``CHUNK_QUEUE`` text chunks wait between the LLM and the
 TTS (the LLM waits when the TTS lags: text is never dropped); audio waits in
@@ -91,13 +92,20 @@ class Reply:
         handle = self.handle
         chunks: asyncio.Queue[str | None] = asyncio.Queue(CHUNK_QUEUE)
         self._playout.open_utterance(handle.id)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._produce_text(chunks), name="reply-text")
-            group.create_task(self._synthesize(chunks), name="reply-speech")
-            group.create_task(self._watch_start(), name="reply-start")
-        handle.generation_done = True
-        self._playout.finish_utterance(handle.id)
-        await self._playout.wait_done(handle.id)
+        # The start watcher lives until the reply is played out: a reply may
+        # produce no audio at all (empty text, a tool call only), so it cannot
+        # be one of the generation tasks the TaskGroup waits for.
+        watcher = asyncio.create_task(self._watch_start(), name="reply-start")
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._produce_text(chunks), name="reply-text")
+                group.create_task(self._synthesize(chunks), name="reply-speech")
+            handle.generation_done = True
+            self._playout.finish_utterance(handle.id)
+            await self._playout.wait_done(handle.id)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
 
     async def _produce_text(self, chunks: asyncio.Queue[str | None]) -> None:
         handle, clock = self.handle, self.clock

@@ -53,7 +53,7 @@ from agent.reply import Reply, ReplyPlan
 from agent.runtime import AgentModels
 from agent.speech import SpeechHandle
 from agent.stt import Transcript
-from agent.tasks import TaskOwner
+from agent.tasks import TaskOwner, describe_failure
 from agent.turnclock import TurnClock
 from media.errors import AudioFormatError
 from media.frames import PIPELINE_RATE, AudioFrame, FloatPCM
@@ -136,6 +136,7 @@ class VoiceSession:
         self._replies: dict[str, Reply] = {}
         self._held: list[UserTurn] = []
         self._closing: asyncio.Task[None] | None = None
+        self._shutting_down = False
         self.dropped_events = 0
         self.failure: str | None = None
         """Why the session closed itself (a fatal task failure), if it did."""
@@ -168,6 +169,7 @@ class VoiceSession:
         if closing is not None and closing is not asyncio.current_task():
             await asyncio.shield(closing)  # a fatal failure is closing it already
             return
+        self._shutting_down = True  # input is refused from here on
         reply = self._reply
         if reply is not None and not reply.done:
             reply.interrupt()
@@ -185,6 +187,11 @@ class VoiceSession:
     def closed(self) -> bool:
         """Whether ``close()`` has run."""
         return self._state is SessionState.CLOSED
+
+    @property
+    def accepting_input(self) -> bool:
+        """False from the moment ``close()`` starts."""
+        return not self._shutting_down and not self.closed
 
     @property
     def active_tasks(self) -> int:
@@ -209,7 +216,7 @@ class VoiceSession:
         Raises ``AudioFormatError`` for any other format: the call bridge
         normalises at its edge (``media.resample.FrameNormalizer``).
         """
-        if self.closed:
+        if not self.accepting_input:
             raise SessionClosedError("session is closed")
         if frame.sample_rate != PIPELINE_RATE or frame.channels != 1:
             raise AudioFormatError(
@@ -220,14 +227,14 @@ class VoiceSession:
 
     async def send_text(self, text: str) -> None:
         """Typed input from the caller: a complete user turn (it supersedes a reply)."""
-        if self.closed:
+        if not self.accepting_input:
             raise SessionClosedError("session is closed")
         text = text.strip()
         if not text:
             return
         turn_id = new_turn_id()
-        self._emit(TranscriptEvent(turn_id=turn_id, text=text, final=True, confidence=1.0))
         self._interrupt_reply()
+        self._emit(TranscriptEvent(turn_id=turn_id, text=text, final=True, confidence=1.0))
         self._hold(UserTurn(turn_id, Transcript(text, 1.0, 0.0, 0.0), TurnClock.now()))
         self._start_held()
 
@@ -302,6 +309,10 @@ class VoiceSession:
     def user_turn(self, turn: UserTurn) -> None:
         """See ``agent.listener.Hearing``: a turn with its final transcript."""
         words = self._content_words(turn.transcript.text)
+        # A turn with words supersedes the active reply: it is committed (as heard,
+        # with its events) before the caller's new words enter the history and the
+        # store, so both keep the order in which things were said.
+        self._apply(self._barge.turn_transcribed(words))
         if words:
             self._emit(
                 TranscriptEvent(
@@ -311,10 +322,6 @@ class VoiceSession:
                     confidence=turn.transcript.confidence,
                 )
             )
-        # A turn with words supersedes the active reply: it is committed (as heard)
-        # before the caller's new words enter the history.
-        self._apply(self._barge.turn_transcribed(words))
-        if words:
             self._hold(turn)
         self._start_held()
 
@@ -333,7 +340,7 @@ class VoiceSession:
 
     def _start_held(self) -> None:
         """Answer the held user turn(s), unless the caller is still talking."""
-        if not self._held or self.closed:
+        if not self._held or not self.accepting_input:
             return
         if self._listener.in_turn or self._listener.finals_pending:
             return  # more is coming: the next turn's text joins these
@@ -406,7 +413,9 @@ class VoiceSession:
             except* AgentError as group:
                 failure = group.exceptions[0]  # type: ignore[assignment]
             except* Exception as group:
-                log.error("session %s: reply failed", self.id, exc_info=group.exceptions[0])
+                log.error(
+                    "session %s: reply failed: %s", self.id, describe_failure(group.exceptions[0])
+                )
                 failure = AgentError(f"internal error: {type(group.exceptions[0]).__name__}")
             if failure is not None:
                 self._emit_error("reply", failure)
@@ -475,7 +484,7 @@ class VoiceSession:
 
     def _task_failed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
         name = task.get_name()
-        log.error("session %s: task %s failed", self.id, name, exc_info=exc)
+        log.error("session %s: task %s failed: %s", self.id, name, describe_failure(exc))
         if self.closed:
             return
         self._emit(ErrorEvent(stage=name, message=type(exc).__name__, retryable=False))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -12,6 +13,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FailureHandler = Callable[[asyncio.Task[Any], BaseException], None]
+
+
+def describe_failure(exc: BaseException) -> str:
+    """An exception's class and where it was raised, without its message.
+
+    Messages may carry what a caller said or a provider's response body, so
+    logs get only this (transcripts and secrets never go to logs).
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    where = f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
+    return f"{type(exc).__name__} at {where} in {last.name}"
 
 
 class TaskOwner:
@@ -48,7 +63,7 @@ class TaskOwner:
         if self._on_failure is not None:
             self._on_failure(task, exc)
         else:
-            log.error("%s: task %s failed", self.owner, task.get_name(), exc_info=exc)
+            log.error("%s: task %s failed: %s", self.owner, task.get_name(), describe_failure(exc))
 
     @property
     def active(self) -> int:

@@ -30,6 +30,8 @@ from media.transport import ControlInbox, ControlMessage, parse_control
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "events"
+MAX_CHANNEL_BUFFER = 1024 * 1024
+"""Bytes queued on the events data channel beyond which new events are dropped."""
 """Label of the data channel that carries JSON events out and control messages in."""
 
 
@@ -116,6 +118,7 @@ class WebRtcTransport:
         self._channel: asyncio.Future[RTCDataChannel] = loop.create_future()
         self._inbox = ControlInbox()
         self._gone = asyncio.Event()
+        self.dropped_events = 0
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_state)
@@ -176,7 +179,9 @@ class WebRtcTransport:
         """Send on the data channel, once the caller opened it; dropped if it closed.
 
         The data channel is optional (media may continue without it), so a
-        closed channel drops events rather than ending the call.
+        closed channel drops events rather than ending the call. Past
+        ``MAX_CHANNEL_BUFFER`` bytes queued for a caller who does not read,
+        events are dropped and counted in ``dropped_events``.
         """
         channel = await self._channel
         if channel.readyState == "connecting":
@@ -184,8 +189,14 @@ class WebRtcTransport:
             channel.once("open", opened.set)
             channel.once("close", opened.set)
             await opened.wait()
-        if channel.readyState == "open":
-            channel.send(json.dumps(event))
+        if channel.readyState != "open":
+            return
+        if channel.bufferedAmount > MAX_CHANNEL_BUFFER:
+            # The caller stopped reading: events are dropped (counted) rather
+            # than buffered without bound; audio and the call go on.
+            self.dropped_events += 1
+            return
+        channel.send(json.dumps(event))
 
     async def close(self, reason: str) -> None:
         """Close the peer connection (idempotent)."""

@@ -129,7 +129,10 @@ class SessionRecorder:
                     ended_at=_ts(event.at),
                 )
             )
-            user_input = self._inputs.pop(reply.turn_id, None)
+            # A reply answers every user turn since the last reply (turns the
+            # caller spoke in pieces are merged into one input).
+            user_input = " ".join(self._inputs.values()) if self._inputs else None
+            self._inputs.clear()
             if user_input is not None:
                 action = "reply_interrupted" if reply.interrupted else "reply"
                 writer.submit(InteractionLogged(self.session_id, user_input, reply.text, action))

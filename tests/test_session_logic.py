@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from agent.config import AgentConfig
-from agent.errors import ProviderError
+from agent.errors import ProviderError, SessionClosedError
 from agent.events import (
     AgentEvent,
     ErrorEvent,
@@ -25,10 +25,12 @@ from agent.events import (
     StateEvent,
     TranscriptEvent,
 )
+from agent.llm import ToolCallDelta
 from agent.session import VoiceSession, new_turn_id
+from agent.stt import Transcript
 from agent.tts import SpeechChunk
-from media.frames import PCM, AudioFrame, rms_dbfs
-from tests.fakes import FakeSTT, FakeTTS, ScriptedLLM, fake_models, silence, tone
+from media.frames import PCM, AudioFrame, FloatPCM, rms_dbfs
+from tests.fakes import FakeSTT, FakeTTS, ScriptedLLM, STTCall, fake_models, silence, tone
 
 FRAME = 320  # 20 ms at 16 kHz
 
@@ -254,3 +256,116 @@ async def test_stt_failure_of_a_turn_is_reported_and_listening_goes_on() -> None
         await feed(session, np.concatenate([tone(0.5), silence(1.5)]))
     assert events.finals() == ["hello there"]
     assert len(events.replies()) == 1
+
+
+async def test_a_reply_without_audio_ends_and_returns_to_listening() -> None:
+    """An empty reply or one that is only a tool call must not leave the agent THINKING."""
+    call = [ToolCallDelta(0, id="call_1", name="pause", arguments="{}")]
+    llm = ScriptedLLM(["", call, "Fine."])
+    events = Events()
+    session = VoiceSession(config(), fake_models(llm=llm), sinks=[events])
+    async with session:
+        await session.send_text("say nothing")
+        await feed(session, silence(0.2))
+        assert session.state is SessionState.LISTENING
+        await session.send_text("pause the music")
+        await feed(session, silence(0.2))
+        assert session.state is SessionState.LISTENING
+        await session.send_text("hello")
+        await feed(session, silence(1.0))
+    assert [r.text for r in events.replies()] == ["", "", "Fine."]
+    assert not any(r.interrupted for r in events.replies())
+
+
+async def test_a_final_transcript_cutting_a_reply_is_recorded_after_it() -> None:
+    """With no partials to confirm the barge-in, the final does: the cut reply comes first."""
+    stt = FakeSTT(["stop right there"])
+    llm = ScriptedLLM(["Our opening hours are nine to five on weekdays and ten to two.", "Ok."])
+    events = Events()
+    session = VoiceSession(config(), fake_models(stt=stt, llm=llm), sinks=[events])
+    async with session:
+        await session.send_text("hours?")
+        await feed(session, silence(0.5))
+        await feed(session, np.concatenate([tone(0.5), silence(1.0)]))
+    kinds = [
+        (type(e).__name__, getattr(e, "text", ""))
+        for e in events.all
+        if isinstance(e, ReplyEvent) or (isinstance(e, TranscriptEvent) and e.final)
+    ]
+    assert kinds[:3] == [
+        ("TranscriptEvent", "hours?"),
+        ("ReplyEvent", "Our opening hours are nine to five on weekdays and ten to two."),
+        ("TranscriptEvent", "stop right there"),
+    ]
+    history = session.history.messages()
+    assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[1].interrupted and history[2].content == "stop right there"
+
+
+class ScriptedSTT(FakeSTT):
+    """Finals answer in a scripted order: each with its own delay, or an exception."""
+
+    def __init__(self, finals: list[tuple[float, str | Exception]]) -> None:
+        super().__init__([""])
+        self.finals = finals
+
+    async def transcribe(self, audio: FloatPCM, *, partial: bool = False) -> Transcript:
+        self.calls.append(STTCall(partial, audio.size / 16000))
+        delay, outcome = self.finals[min(self.final_calls - 1, len(self.finals) - 1)]
+        await asyncio.sleep(delay)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return Transcript(outcome, 0.9, audio.size / 16000, delay)
+
+
+async def test_finals_are_delivered_in_the_order_the_turns_ended() -> None:
+    stt = ScriptedSTT([(0.3, "what time do you"), (0.0, "open on saturday")])
+    llm = ScriptedLLM(["At nine."])
+    events = Events()
+    cfg = config(speculative_stt=False)
+    session = VoiceSession(cfg, fake_models(stt=stt, llm=llm), sinks=[events])
+    async with session:
+        pcm = np.concatenate([tone(0.5), silence(0.4), tone(0.5), silence(0.4)])
+        await feed(session, pcm, transcripts=False)  # turn two ends before turn one's final
+        assert stt.final_calls == 2
+        await session.wait_settled()
+        await feed(session, silence(1.0))
+    assert events.finals() == ["what time do you", "open on saturday"]
+    [request] = llm.requests
+    assert request.messages[-1].content == "what time do you open on saturday"
+
+
+async def test_an_stt_crash_does_not_strand_a_held_turn() -> None:
+    """A transcription raising a non-provider error is reported; held turns still get a reply."""
+    stt = ScriptedSTT([(0.0, "what time do you"), (0.0, RuntimeError("bug"))])
+    llm = ScriptedLLM(["At nine."])
+    events = Events()
+    session = VoiceSession(
+        config(speculative_stt=False), fake_models(stt=stt, llm=llm), sinks=[events]
+    )
+    async with session:
+        stt.finals[0] = (0.2, "what time do you")  # turn one's final arrives during turn two
+        await feed(session, np.concatenate([tone(0.5), silence(0.4), tone(0.3)]), transcripts=False)
+        await session.wait_settled(reply=False)
+        assert llm.requests == []  # held: the caller is talking
+        await feed(session, silence(1.0))
+    assert [e.stage for e in events.all if isinstance(e, ErrorEvent)] == ["stt"]
+    assert [r.text for r in events.replies()] == ["At nine."]
+    assert llm.requests[0].messages[-1].content == "what time do you"
+
+
+async def test_input_is_refused_from_the_moment_close_starts() -> None:
+    llm = ScriptedLLM(["A long answer."])
+    llm.gate.clear()
+    session = VoiceSession(config(), fake_models(llm=llm))
+    await session.start()
+    await session.send_text("question")
+    closing = asyncio.create_task(session.close())
+    await asyncio.sleep(0)  # close() has started and waits for the listener
+    assert not session.accepting_input
+    with pytest.raises(SessionClosedError):
+        await session.send_text("too late")
+    with pytest.raises(SessionClosedError):
+        session.push_audio(AudioFrame(silence(0.02), 16000))
+    await closing
+    assert session.closed and session.active_tasks == 0
