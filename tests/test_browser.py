@@ -20,6 +20,7 @@ from media.frames import AudioFrame
 from media.wav import write_wav
 from tests.server import running_server
 from tests.speech import compose
+from tests.textnorm import contains_phrase, phrase_error
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,9 @@ async def test_demo_page_call_in_chromium(base_url: str, tmp_path: Path) -> None
             assert await page.inner_text("#state") == "idle"
         finally:
             await browser.close()
-    assert "capital of france" in stats["finals"][0].lower()
-    assert "capital of france" in shown.lower()
+    # one misheard word of the four is tolerated; the page shows what it heard
+    final = str(stats["finals"][0])
+    assert phrase_error(final, "the capital of France") <= 0.25, final
+    assert contains_phrase(shown, final), shown
     assert stats["maxLevel"] > 0.02 and stats["audioFrames"] > 5
     assert "state" in stats["events"] and "metrics" in stats["events"]

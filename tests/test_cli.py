@@ -13,6 +13,7 @@ import pytest
 from media.frames import AudioFrame
 from media.wav import read_wav, wav_bytes, write_wav
 from tests.speech import compose
+from tests.textnorm import phrase_error
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +66,8 @@ def test_call_prints_events_and_writes_agent_audio(tmp_path: Path) -> None:
     types = {e["type"] for e in events}
     assert {"transcript", "reply", "state", "metrics"} <= types
     final = [e for e in events if e["type"] == "transcript" and e["final"]]
-    assert "france" in final[0]["text"].lower()
+    # one misheard word of the four is tolerated; the wording around them is free
+    assert phrase_error(final[0]["text"], "the capital of France") <= 0.25, final[0]["text"]
     assert next(e for e in events if e["type"] == "reply")["text"]
     metrics = next(e for e in events if e["type"] == "metrics")
     assert metrics["voice_to_voice_ms"] > 0

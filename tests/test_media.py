@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media import playout
 from media.errors import AudioFormatError
 from media.frames import AudioFrame, float_to_int16, int16_to_float, rms_dbfs
+from media.pacer import Pacer
 from media.playout import PlayoutBuffer, heard_text
 from media.resample import FrameNormalizer, StreamResampler, resample
 from media.wav import read_wav, wav_bytes, write_wav
@@ -150,18 +152,95 @@ async def test_playout_backpressure_pause_resume_and_done() -> None:
     assert buf.first_audio_at("u") is not None
 
 
-async def test_playout_frames_are_paced() -> None:
+class VirtualClock:
+    """A clock that only moves when a pacer sleeps or a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+async def test_pacer_deadlines_do_not_drift() -> None:
+    clock = VirtualClock()
+    pacer = Pacer(0.02, clock=clock, sleep=clock.sleep)
+    await pacer.wait()  # the first frame is due at once and starts the clock
+    assert clock.sleeps == [] and pacer.started_at == 0.0
+    for _ in range(50):
+        clock.now += 0.007  # the consumer's own work per frame
+        await pacer.wait()
+    # Each wait sleeps only what is left of the period: no drift after 50 frames.
+    assert clock.sleeps == pytest.approx([0.013] * 50)
+    assert clock.now == pytest.approx(50 * 0.02)
+    assert pacer.frames == 51 and pacer.resyncs == 0
+
+
+async def test_pacer_catches_up_a_short_stall_and_resyncs_after_a_long_one() -> None:
+    clock = VirtualClock()
+    pacer = Pacer(0.02, max_lag_frames=5, clock=clock, sleep=clock.sleep)
+    await pacer.wait()
+    clock.now += 0.07  # 3.5 frames late (within the 5-frame bound): catch up
+    for _ in range(3):
+        await pacer.wait()
+    assert clock.sleeps == []  # the three overdue frames go out at once
+    await pacer.wait()  # the fourth is due at 80 ms: back on the original grid
+    assert clock.sleeps == pytest.approx([0.01]) and clock.now == pytest.approx(4 * 0.02)
+    assert pacer.resyncs == 0
+
+    clock.sleeps.clear()
+    clock.now += 0.5  # a stalled loop: 25 frames late
+    await pacer.wait()
+    assert pacer.resyncs == 1 and clock.sleeps == []  # due now, no burst of 25
+    stalled_at = clock.now
+    await pacer.wait()
+    assert clock.sleeps == pytest.approx([0.02]) and clock.now == pytest.approx(stalled_at + 0.02)
+    assert pacer.frames == 7
+
+
+def test_pacer_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="period"):
+        Pacer(0)
+    with pytest.raises(ValueError, match="max_lag_frames"):
+        Pacer(0.02, max_lag_frames=0)
+
+
+async def test_playout_frames_are_paced_in_stream_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``frames()`` yields 20 ms frames in order, one per pacer deadline.
+
+    On a virtual clock: the real-time figures (period, jitter) are
+    ``python -m bench.pacing``'s, not a wall-clock assert here.
+    """
+    clock = VirtualClock()
+
+    def virtual_pacer(period_s: float) -> Pacer:
+        return Pacer(period_s, clock=clock, sleep=clock.sleep)
+
+    monkeypatch.setattr(playout, "Pacer", virtual_pacer)
     buf = PlayoutBuffer(16000)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    n = 0
-    async for frame, speech in buf.frames():
-        assert not speech
-        assert frame.samples.size == 320
-        n += 1
-        if n == 10:
-            break
-    assert 0.15 <= loop.time() - t0 < 0.5
+    seg = buf.open_segment("u", "Hello there.")
+    speech_pcm = np.arange(1, 1 + 3 * 320, dtype=np.int16)  # 60 ms, every sample distinct
+    await buf.push(seg, speech_pcm)
+    buf.close_segment(seg)
+    buf.finish_utterance("u")
+    got: list[tuple[float, float, bool, np.ndarray]] = []
+    frames = buf.frames()
+    for _ in range(10):
+        frame, speech = await anext(frames)
+        got.append((clock.now, frame.timestamp, speech, frame.samples))
+    assert [at for at, *_ in got] == pytest.approx([0.02 * n for n in range(10)])
+    assert [ts for _, ts, *_ in got] == pytest.approx([0.02 * n for n in range(10)])
+    assert [speech for *_, speech, _ in got] == [True] * 3 + [False] * 7
+    assert all(f.size == 320 and f.dtype == np.int16 for *_, f in got)
+    assert np.array_equal(np.concatenate([f for *_, f in got[:3]]), speech_pcm)
+    assert not np.concatenate([f for *_, f in got[3:]]).any()  # silence when idle
+    assert seg.fraction_played == 1.0 and buf.is_done("u")
 
 
 async def test_forgotten_utterance_never_reopens() -> None:

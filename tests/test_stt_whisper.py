@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import pytest
 
@@ -23,6 +21,7 @@ from agent.stt import STT
 from media.errors import AudioFormatError
 from media.frames import int16_to_float
 from tests.speech import compose, speak
+from tests.textnorm import contains_phrase, word_error_rate
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +31,11 @@ SENTENCES = [
     "I would like to book a table for two people tonight.",
 ]
 
-
-def norm(text: str) -> str:
-    """Lowercase words without punctuation."""
-    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split())
-
-
-def word_error_rate(ref: str, hyp: str) -> float:
-    return float(jiwer.wer(norm(ref), norm(hyp) or "<empty>"))
+# Transcripts are compared after tests.textnorm's English normalization, so
+# "Where's" for "Where is" or "2" for "two" is no error. SENTENCE_WER allows one
+# misheard word in five (two in the ten-word sentences), LOOSE_WER one in four.
+SENTENCE_WER = 0.2
+LOOSE_WER = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +56,7 @@ def padded_stt() -> Iterator[WhisperSTT]:
 async def test_short_encoder_transcribes_sentences(short_stt: WhisperSTT, text: str) -> None:
     audio = int16_to_float(compose(0.3, text, 0.5))
     result = await short_stt.transcribe(audio)
-    assert word_error_rate(text, result.text) < 0.2, result.text
+    assert word_error_rate(text, result.text) <= SENTENCE_WER, result.text
     assert 0.0 < result.confidence <= 1.0
     assert result.audio_s == pytest.approx(audio.size / 16000)
     assert result.processing_s > 0
@@ -69,7 +65,7 @@ async def test_short_encoder_transcribes_sentences(short_stt: WhisperSTT, text: 
 @pytest.mark.parametrize("text", SENTENCES[:2])
 async def test_padded_encoder_transcribes_sentences(padded_stt: WhisperSTT, text: str) -> None:
     result = await padded_stt.transcribe(int16_to_float(speak(text)))
-    assert word_error_rate(text, result.text) < 0.2, result.text
+    assert word_error_rate(text, result.text) <= SENTENCE_WER, result.text
     assert 0.0 < result.confidence <= 1.0
 
 
@@ -78,8 +74,8 @@ async def test_tightly_cut_speech(short_stt: WhisperSTT) -> None:
     pcm = speak("Cancel my appointment on Friday afternoon.")
     loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > 0.02 * np.abs(pcm).max())
     result = await short_stt.transcribe(int16_to_float(pcm[loud[0] : loud[-1] + 1]))
-    assert "appointment" in norm(result.text)
-    assert "friday" in norm(result.text)
+    assert contains_phrase(result.text, "appointment")
+    assert contains_phrase(result.text, "friday")
     assert len(result.words) <= 8  # no decoder loop
 
 
@@ -87,7 +83,7 @@ async def test_partial_transcript(short_stt: WhisperSTT) -> None:
     pcm = speak("I would like to book a table for two people tonight.")
     head = pcm[: int(pcm.size * 0.6)]  # the caller is still speaking
     result = await short_stt.transcribe(int16_to_float(head), partial=True)
-    assert "book" in norm(result.text)
+    assert contains_phrase(result.text, "book")
     assert 0.0 <= result.confidence <= 1.0
 
 
@@ -130,7 +126,7 @@ async def test_concurrent_callers(short_stt: WhisperSTT) -> None:
     audios = [int16_to_float(speak(t)) for t in texts]
     results = await asyncio.gather(*(short_stt.transcribe(a) for a in audios))
     for text, result in zip(texts, results, strict=True):
-        assert word_error_rate(text, result.text) < 0.25, result.text
+        assert word_error_rate(text, result.text) <= LOOSE_WER, result.text
 
 
 async def test_failed_check_falls_back_to_padded() -> None:
@@ -139,7 +135,7 @@ async def test_failed_check_falls_back_to_padded() -> None:
     try:
         text = SENTENCES[1]
         result = await stt.transcribe(int16_to_float(speak(text)))
-        assert word_error_rate(text, result.text) < 0.2, result.text
+        assert word_error_rate(text, result.text) <= SENTENCE_WER, result.text
         assert stt.stats.fallbacks == {"logprob": 1}
         assert stt.stats.padded == 1
         # Partials do not fall back by default: they keep the quick result.
@@ -153,8 +149,8 @@ async def test_longer_than_one_window(short_stt: WhisperSTT) -> None:
     audio = int16_to_float(compose("Where is the nearest train station?", 29.0, "Thank you."))
     assert audio.size / 16000 > 30
     result = await short_stt.transcribe(audio)
-    assert "train station" in norm(result.text)
-    assert "thank you" in norm(result.text)
+    assert contains_phrase(result.text, "train station")
+    assert contains_phrase(result.text, "thank you")
     assert short_stt.stats.long_form >= 1
 
 
