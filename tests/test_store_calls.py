@@ -21,6 +21,7 @@ from tests.proxy import ThreadedProxy
 from tests.server import running_server
 from tests.speech import compose
 from tests.test_session import GREETING
+from tests.textnorm import phrase_error
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +118,7 @@ async def test_call_turns_with_interruption_in_history(
             assert greeting["text"] == GREETING
             assert greeting["heard_text"] and GREETING.startswith(greeting["heard_text"])
             assert len(greeting["heard_text"]) < len(GREETING)
-            assert "time" in turns["turns"][1]["text"].lower()
+            assert phrase_error(turns["turns"][1]["text"], "what time is it") <= 0.25
             assert turns["turns"][2]["latencies"]["voice_to_voice_ms"] > 0
             info = (await client.get(f"/v1/sessions/{sid}", headers=auth)).json()
             assert info["turn_count"] == 1 and info["transport"] == "websocket"
@@ -203,7 +204,7 @@ async def test_redis_and_database_outages_mid_call(models: AgentModels, tmp_path
                     await asyncio.sleep(0.2)
                 turns = r.json()["turns"]
                 assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
-                assert "spider" in turns[2]["text"].lower()
+                assert phrase_error(turns[2]["text"], "how many legs does a spider have") <= 0.25
     finally:
         pg_proxy.restore()
         redis_proxy.restore()
