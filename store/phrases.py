@@ -34,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from store.cache import HotCache
+from store.cache import HotCache, MemoryCache
 from store.repositories import PurgeResult
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,15 @@ class PhraseAudioCache:
         if queued is not None:
             self.stats.hot_hits += 1
             return queued.sample_rate, queued.audio
+        if isinstance(self._hot, MemoryCache):
+            # The in-process tier answers without waiting for anything: read it
+            # here, so a hit never depends on a task being scheduled in time.
+            cached = await self._hot.get(hot_key(digest))
+            decoded = _decode(cached) if cached is not None else None
+            if decoded is not None:
+                self._touch(digest)
+                self.stats.hot_hits += 1
+                return decoded
         task = self._lookups.get(digest)
         if task is None:
             if self._closing or len(self._lookups) >= self.max_lookups:

@@ -34,6 +34,8 @@ class Store:
     engine: AsyncEngine
     db: async_sessionmaker[AsyncSession]
     hot: HotCache
+    phrase_hot: HotCache
+    """The phrase cache's hot tier: its own in-process LRU, or the same Redis."""
     sessions: SessionRepository
     cache: TieredCache
     phrases: PhraseAudioCache
@@ -69,8 +71,16 @@ class Store:
         repo = SessionRepository(db)
         state = SessionStateStore(hot, repo, settings.session_ttl_s)
         writer = TurnWriter(repo, state.save)
+        # In-process, phrase audio (hundreds of KB a phrase) gets its own LRU so it
+        # can never evict session contexts and small cache entries; Redis is one
+        # server whose own maxmemory policy governs all keys.
+        phrase_hot: HotCache = (
+            hot
+            if settings.redis_url
+            else MemoryCache(settings.hot_cache_entries, settings.hot_cache_bytes)
+        )
         phrases = PhraseAudioCache(
-            hot,
+            phrase_hot,
             TtsAudioRepository(db),
             settings.cache_ttl_s,
             read_budget_s=settings.tts_cache_read_budget_ms / 1000,
@@ -82,6 +92,7 @@ class Store:
             engine=engine,
             db=db,
             hot=hot,
+            phrase_hot=phrase_hot,
             sessions=repo,
             cache=TieredCache(hot, CacheRepository(db), settings.cache_ttl_s),
             phrases=phrases,
@@ -167,5 +178,7 @@ class Store:
             self._purge_task = None
         await self.writer.close()
         await self.phrases.aclose()
+        if self.phrase_hot is not self.hot:
+            await self.phrase_hot.close()
         await self.hot.close()
         await self.engine.dispose()

@@ -397,3 +397,26 @@ async def test_served_phrases_are_marked_used_in_batches(store: Store) -> None:
     async with store.db() as db:
         last = await db.scalar(select(TtsAudio.last_used_at))
     assert _aware(last) > utcnow() - dt.timedelta(hours=1)
+
+
+async def test_embedded_phrase_audio_never_evicts_session_contexts(tmp_path: Path) -> None:
+    """In-process, phrases have their own LRU: audio floods it, contexts stay."""
+    settings = StoreSettings(
+        PARLEY_DATA_DIR=tmp_path,
+        PARLEY_HOT_CACHE_BYTES=1024 * 1024,
+        PARLEY_TTS_CACHE_READ_BUDGET_MS=0,
+    )
+    store = await Store.open(settings)
+    try:
+        assert store.phrase_hot is not store.hot
+        await store.state.save("ses_ctx", [{"role": "user", "content": "hello"}])
+        audio = bytes(200 * 1024)  # ~6 s of 16 kHz PCM a phrase
+        for i in range(20):
+            await store.phrases.put("joe", f"phrase number {i}", 16000, audio)
+        assert await store.phrases.flush()
+        assert await store.state.load("ses_ctx") == [{"role": "user", "content": "hello"}]
+        # the newest phrase answers from memory even with no time budget at all
+        assert await store.phrases.get("joe", "phrase number 19") == (16000, audio)
+        assert store.phrases.stats.hot_hits == 1
+    finally:
+        await store.close()
