@@ -1,4 +1,4 @@
-"""Shared fixtures: the real local models, loaded once for the whole test run."""
+"""Shared fixtures: the real local models (loaded once for the whole run) and the store."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.runtime import AgentModels
+from tests.backends import backend_fixture, settings_fixture, store_fixture
+
+__all__ = ["backend_fixture", "settings_fixture", "store_fixture"]
+"""Store fixtures (``backend``, ``settings``, ``store``) shared by every test module."""
 
 
 @pytest.fixture(scope="session")

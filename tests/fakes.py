@@ -19,11 +19,12 @@ import numpy as np
 from agent.errors import ProviderError
 from agent.llm import ChatMessage, GenerationSettings, LLMDelta, TextDelta, ToolSpec
 from agent.runtime import AgentModels
+from agent.session import VoiceSession
 from agent.stt import Transcript
 from agent.tts import SpeechChunk
 from agent.vad import WINDOW_SAMPLES
 from media.errors import AudioFormatError
-from media.frames import PCM, PIPELINE_RATE, FloatPCM
+from media.frames import PCM, PIPELINE_RATE, AudioFrame, FloatPCM
 
 # ---------------------------------------------------------------- audio helpers
 
@@ -43,6 +44,27 @@ def silence(seconds: float, rate: int = PIPELINE_RATE) -> PCM:
 
 def _injected(provider: str) -> ProviderError:
     return ProviderError(provider, "injected failure", retryable=True)
+
+
+FRAME = 320
+"""20 ms at 16 kHz."""
+
+
+async def feed(
+    session: VoiceSession, pcm: PCM, *, transcripts: bool = True, reply: bool = True
+) -> PCM:
+    """Drive a session in lock-step: one 20 ms frame in, the pipeline settles, one out.
+
+    Returns the agent's audio pulled meanwhile. ``transcripts=False`` does not
+    wait for STT (a test holding the STT gate); ``reply=False`` does not wait
+    for an active reply to have audio (a test holding the LLM gate).
+    """
+    out: list[PCM] = []
+    for i in range(0, pcm.size, FRAME):
+        session.push_audio(AudioFrame(pcm[i : i + FRAME], PIPELINE_RATE))
+        await session.wait_settled(transcripts=transcripts, reply=reply)
+        out.append(session.playout.pull()[0])
+    return np.concatenate(out) if out else np.zeros(0, np.int16)
 
 
 # ------------------------------------------------------------------------ LLM

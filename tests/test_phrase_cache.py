@@ -25,14 +25,7 @@ from store.phrases import PhraseAudioCache, hot_key, phrase_hash
 from store.repositories import PurgeResult, TtsAudioRepository
 from store.settings import StoreSettings
 from store.store import Store
-from tests.backends import (  # noqa: F401 (fixtures)
-    SERVER_BACKEND,
-    backend_fixture,
-    drop_schema,
-    settings_fixture,
-    store_fixture,
-    store_settings,
-)
+from tests.backends import SERVER_BACKEND, drop_schema, store_settings
 from tests.proxy import TcpProxy
 
 

@@ -11,13 +11,7 @@ from agent.config import AgentConfig
 from agent.session import VoiceSession
 from signaling.recorder import SessionRecorder, messages_from_json
 from store.store import Store
-from tests.backends import (  # noqa: F401 (fixtures)
-    backend_fixture,
-    settings_fixture,
-    store_fixture,
-)
-from tests.fakes import ScriptedLLM, fake_models, silence
-from tests.test_session_logic import feed
+from tests.fakes import ScriptedLLM, fake_models, feed, silence
 
 SESSION = "ses_resumed_twice"
 

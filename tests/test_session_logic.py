@@ -29,10 +29,18 @@ from agent.llm import ToolCallDelta
 from agent.session import VoiceSession, new_turn_id
 from agent.stt import Transcript
 from agent.tts import SpeechChunk
-from media.frames import PCM, AudioFrame, FloatPCM, rms_dbfs
-from tests.fakes import FakeSTT, FakeTTS, ScriptedLLM, STTCall, fake_models, silence, tone
-
-FRAME = 320  # 20 ms at 16 kHz
+from media.frames import AudioFrame, FloatPCM, rms_dbfs
+from tests.fakes import (
+    FRAME,
+    FakeSTT,
+    FakeTTS,
+    ScriptedLLM,
+    STTCall,
+    fake_models,
+    feed,
+    silence,
+    tone,
+)
 
 
 def config(**turn: object) -> AgentConfig:
@@ -67,18 +75,6 @@ class Events:
 
     def phases(self) -> list[str]:
         return [e.phase for e in self.all if isinstance(e, InterruptionEvent)]
-
-
-async def feed(
-    session: VoiceSession, pcm: PCM, *, transcripts: bool = True, reply: bool = True
-) -> PCM:
-    """Lock-step: one 20 ms frame in, the pipeline settles, one frame of agent audio out."""
-    out: list[PCM] = []
-    for i in range(0, pcm.size, FRAME):
-        session.push_audio(AudioFrame(pcm[i : i + FRAME], 16000))
-        await session.wait_settled(transcripts=transcripts, reply=reply)
-        out.append(session.playout.pull()[0])
-    return np.concatenate(out) if out else np.zeros(0, np.int16)
 
 
 async def test_caller_speaking_again_before_the_transcript_merges_the_turns() -> None:

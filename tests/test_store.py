@@ -14,14 +14,7 @@ from store.keys import normalize_key
 from store.repositories import TurnRecord
 from store.settings import StoreSettings
 from store.store import Store
-from tests.backends import (  # noqa: F401 (fixtures)
-    SERVER_BACKEND,
-    backend_fixture,
-    drop_schema,
-    settings_fixture,
-    store_fixture,
-    store_settings,
-)
+from tests.backends import SERVER_BACKEND, drop_schema, store_settings
 from tests.proxy import TcpProxy
 
 

@@ -12,12 +12,7 @@ from signaling.metrics import ServerMetrics
 from store.repositories import SessionRepository, TurnRecord
 from store.store import Store
 from store.writer import SessionEnded, TurnWriter, is_transient, sqlstate
-from tests.backends import (  # noqa: F401 (fixtures)
-    SERVER_BACKEND,
-    backend_fixture,
-    settings_fixture,
-    store_fixture,
-)
+from tests.backends import SERVER_BACKEND
 
 SECRET_WORDS = "my card number is 4111 1111"
 
