@@ -10,10 +10,13 @@
 # Extra arguments go to `python -m bench.wire` (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-# Benchmark-only tools: the HTTP client, plots, the sampling profiler.
-if ! .venv/bin/python -c 'import httpx, matplotlib' 2>/dev/null || [ ! -x .venv/bin/py-spy ]; then
-  .venv/bin/python -m pip install --quiet "httpx>=0.27,<1" "matplotlib>=3.8,<4" "py-spy>=0.3.14,<1"
+scripts/setup.sh test
+# Benchmark-only tools (the HTTP client, plots, the sampling profiler), locked and
+# hash-checked like everything else (requirements/bench.lock, same pins as test.lock).
+stamp=".venv/.parley-bench-$(sha256sum requirements/bench.lock | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --require-hashes -r requirements/bench.lock
+  touch "$stamp"
 fi
 # A second voice family for the caller (optional: Piper alone is used without it).
 if ! command -v espeak-ng >/dev/null 2>&1; then

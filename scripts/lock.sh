@@ -30,6 +30,9 @@ compile "${@}" requirements/tools.in -o requirements/tools.lock
 compile "${@}" pyproject.toml --extra test --extra dev -o requirements/test.lock
 # Runtime only (`scripts/setup.sh`): the same versions as test.lock.
 compile "${@}" pyproject.toml -c requirements/test.lock -o requirements/run.lock
+# Benchmark-only tools (scripts/bench.sh): the same versions as test.lock.
+compile "${@}" pyproject.toml --extra test --extra bench -c requirements/test.lock \
+  -o requirements/bench.lock
 # Packages installed without their dependencies (the default LLM weights).
 compile "${@}" --no-deps requirements/no-deps.in -o requirements/no-deps.lock
 echo "lock: requirements/*.lock updated; run scripts/test.sh, then commit them" >&2
