@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent.chunker import ChunkerSettings
 from agent.errors import ConfigError
+from agent.interruption import InterruptionSettings
 from agent.llm import GenerationSettings
 from agent.turns import TurnSettings
 from agent.vad import GateSettings
@@ -142,6 +143,12 @@ class InterruptionConfig(_Section):
         "er",
     )
     """Backchannels and hesitations: they neither confirm an interruption nor make a turn."""
+
+    def to_settings(self) -> InterruptionSettings:
+        """Hot-path settings of the barge-in controller."""
+        return InterruptionSettings(
+            self.enabled, self.min_speech_ms, self.min_words, self.false_interruption_timeout_ms
+        )
 
 
 class ChunkerConfig(_Section):

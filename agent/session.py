@@ -46,7 +46,7 @@ from agent.events import (
     VadEvent,
 )
 from agent.history import ChatHistory
-from agent.interruption import BargeInAction, InterruptionController, InterruptionSettings
+from agent.interruption import BargeInAction, InterruptionController
 from agent.listener import Listener, UserTurn
 from agent.llm import ChatMessage
 from agent.reply import Reply, ReplyPlan
@@ -114,12 +114,7 @@ class VoiceSession:
         self.history.restore(list(history))
         self._generation = config.llm.generation()
         self._fillers = frozenset(config.interruption.filler_words)
-        ic = config.interruption
-        self._barge = InterruptionController(
-            InterruptionSettings(
-                ic.enabled, ic.min_speech_ms, ic.min_words, ic.false_interruption_timeout_ms
-            )
-        )
+        self._barge = InterruptionController(config.interruption.to_settings())
         self._tasks = TaskOwner(f"session {self.id}", self._task_failed)
         vad = models.vad.stream()
 
