@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
 import time
 from collections import deque
@@ -33,7 +32,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from media.frames import FRAME_MS, PCM, rms_dbfs
 from media.pacer import Pacer
 from media.resample import resample
-from media.webrtc import EVENTS_CHANNEL
+from media.webrtc import EVENTS_CHANNEL, to_av
 
 TRACK_RATE = 48_000
 """The caller's track rate (what a browser sends)."""
@@ -87,7 +86,6 @@ class ClipTrack(MediaStreamTrack):
         super().__init__()
         self.rate = rate
         self.frame_samples = rate * frame_ms // 1000
-        self._time_base = fractions.Fraction(1, rate)
         self._pacer = Pacer(frame_ms / 1000)
         self._clips: deque[Clip] = deque()
         self._offset = 0
@@ -125,10 +123,7 @@ class ClipTrack(MediaStreamTrack):
                 self._clips.popleft()
                 self._offset = 0
                 clip.done.set()
-        frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.rate
-        frame.pts = self._pts
-        frame.time_base = self._time_base
+        frame = to_av(out, self.rate, self._pts)
         self._pts += self.frame_samples
         return frame
 

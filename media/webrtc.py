@@ -22,7 +22,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.errors import AudioFormatError
-from media.frames import FRAME_MS, AudioFrame
+from media.frames import FRAME_MS, PCM, AudioFrame
 from media.pacer import Pacer
 from media.playout import PlayoutBuffer
 from media.transport import ControlInbox, ControlMessage, parse_control
@@ -50,7 +50,6 @@ class PlayoutTrack(MediaStreamTrack):
         super().__init__()
         self.sample_rate = sample_rate
         self.frame_samples = sample_rate * frame_ms // 1000
-        self._time_base = fractions.Fraction(1, sample_rate)
         self._pacer = Pacer(frame_ms / 1000)
         self._playout: PlayoutBuffer | None = None
         self._pts = 0
@@ -73,12 +72,18 @@ class PlayoutTrack(MediaStreamTrack):
             pcm, _ = self._playout.pull()
         else:
             pcm = np.zeros(self.frame_samples, np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.pts = self._pts
-        frame.time_base = self._time_base
+        frame = to_av(pcm, self.sample_rate, self._pts)
         self._pts += self.frame_samples
         return frame
+
+
+def to_av(pcm: PCM, sample_rate: int, pts: int) -> av.AudioFrame:
+    """Mono int16 PCM as an aiortc-ready frame stamped at ``pts`` (in samples)."""
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = sample_rate
+    frame.pts = pts
+    frame.time_base = fractions.Fraction(1, sample_rate)
+    return frame
 
 
 def from_av(frame: av.AudioFrame) -> AudioFrame:
