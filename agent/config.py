@@ -151,6 +151,24 @@ class InterruptionConfig(_Section):
         )
 
 
+class DtmfConfig(_Section):
+    """Keypad digits of phone callers (SIP)."""
+
+    to_llm: bool = True
+    """Give the digits to the LLM as a user turn (``template``)."""
+    collect_ms: int = Field(1500, ge=0, le=10_000)
+    """Digits pressed within this time of each other form one turn ("#" ends it at
+    once); 0 sends every digit on its own."""
+    template: str = Field("The caller pressed {digits} on the keypad.", min_length=1)
+    """The user turn the LLM gets; ``{digits}`` is replaced by what was pressed."""
+
+    @model_validator(mode="after")
+    def _has_digits(self) -> DtmfConfig:
+        if "{digits}" not in self.template:
+            raise ValueError("dtmf.template must contain {digits}")
+        return self
+
+
 class ChunkerConfig(_Section):
     """Where replies are cut into TTS chunks."""
 
@@ -177,6 +195,7 @@ class AgentConfig(_Section):
     turn: TurnConfig = TurnConfig()
     interruption: InterruptionConfig = InterruptionConfig()
     chunker: ChunkerConfig = ChunkerConfig()
+    dtmf: DtmfConfig = DtmfConfig()
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> AgentConfig:

@@ -131,3 +131,20 @@ class ErrorEvent(AgentEvent):
     message: str
     retryable: bool
     type: str = field(init=False, default="error")
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfEvent(AgentEvent):
+    """The caller pressed a key of the phone's keypad (0-9, *, #, A-D)."""
+
+    digit: str
+    duration_ms: int
+    type: str = field(init=False, default="dtmf")
+
+
+@dataclass(frozen=True, slots=True)
+class HoldEvent(AgentEvent):
+    """The caller put the call on hold (``on_hold``) or took it back."""
+
+    on_hold: bool
+    type: str = field(init=False, default="hold")

@@ -134,6 +134,9 @@ class Listener:
         self._processing = False
         self.urgent_partials = False
         """Set while a paused reply waits for words: partials come faster."""
+        self.muted = False
+        """Set while the call is on hold: the caller's audio is heard as silence
+        (stream time goes on, so a turn under way ends or is discarded as usual)."""
         self.dropped_frames = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -200,10 +203,10 @@ class Listener:
                 self._processing = False
 
     async def _process(self, item: _Inbound) -> None:
-        parts = [item.frame.to_float()]
+        parts = [self._heard(item.frame)]
         while not self._inbound.empty():
             item = self._inbound.get_nowait()
-            parts.append(item.frame.to_float())
+            parts.append(self._heard(item.frame))
         self._arrival = item.arrival
         audio = np.concatenate([self._pending, *parts])
         n = audio.size // WINDOW_SAMPLES
@@ -218,6 +221,10 @@ class Listener:
                 self._on_turn_event(event)
             self._hearing.stream_advanced(self._detector.now)
             self._schedule_partial()
+
+    def _heard(self, frame: AudioFrame) -> FloatPCM:
+        audio = frame.to_float()
+        return np.zeros_like(audio) if self.muted else audio
 
     def _wall(self, stream_time: float) -> float:
         """Monotonic time at which input stream position ``stream_time`` arrived."""

@@ -37,7 +37,9 @@ from agent.config import AgentConfig
 from agent.errors import AgentError, ProviderError, SessionClosedError
 from agent.events import (
     AgentEvent,
+    DtmfEvent,
     ErrorEvent,
+    HoldEvent,
     InterruptionEvent,
     ReplyEvent,
     SessionState,
@@ -78,6 +80,9 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 
 EVENT_QUEUE_SIZE = 512
 """Outbound event queue bound; the oldest event is dropped past it."""
+
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+"""Keys of a phone keypad (RFC 4733 events 0-15)."""
 
 FATAL_TASKS = frozenset({"audio-loop"})
 """Tasks without which the call cannot go on: their failure closes the session."""
@@ -132,6 +137,9 @@ class VoiceSession:
         self._held: list[UserTurn] = []
         self._closing: asyncio.Task[None] | None = None
         self._shutting_down = False
+        self._on_hold = False
+        self._digits = ""
+        self._digit_timer: asyncio.Task[None] | None = None
         self.dropped_events = 0
         self.failure: str | None = None
         """Why the session closed itself (a fatal task failure), if it did."""
@@ -227,11 +235,74 @@ class VoiceSession:
         text = text.strip()
         if not text:
             return
+        self._typed_turn(text)
+
+    def _typed_turn(self, text: str) -> None:
         turn_id = new_turn_id()
         self._interrupt_reply()
         self._emit(TranscriptEvent(turn_id=turn_id, text=text, final=True, confidence=1.0))
         self._hold(UserTurn(turn_id, Transcript(text, 1.0, 0.0, 0.0), TurnClock.now()))
         self._start_held()
+
+    # ------------------------------------------------------------ phone keypad and hold
+
+    def dtmf(self, digit: str, duration_ms: int = 0) -> None:
+        """A keypad digit from a phone caller: an event and, with ``dtmf.to_llm``, a user turn.
+
+        Digits pressed within ``dtmf.collect_ms`` of each other form one turn;
+        "#" ends it at once.
+        """
+        if not self.accepting_input:
+            raise SessionClosedError("session is closed")
+        if len(digit) != 1 or digit not in DTMF_DIGITS:
+            raise ValueError(f"not a DTMF digit: {digit!r}")
+        self._emit(DtmfEvent(digit=digit, duration_ms=duration_ms))
+        settings = self.config.dtmf
+        if not settings.to_llm:
+            return
+        self._digits += digit
+        if self._digit_timer is not None:
+            self._digit_timer.cancel()
+            self._digit_timer = None
+        if digit == "#" or settings.collect_ms == 0:
+            self._flush_digits()
+        else:
+            self._digit_timer = self._tasks.spawn(
+                self._flush_digits_after(settings.collect_ms / 1000), "dtmf-collect"
+            )
+
+    async def _flush_digits_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self._digit_timer = None
+        self._flush_digits()
+
+    def _flush_digits(self) -> None:
+        digits, self._digits = self._digits, ""
+        if digits and self.accepting_input:
+            self._typed_turn(self.config.dtmf.template.format(digits=digits))
+
+    @property
+    def on_hold(self) -> bool:
+        """Whether the caller has put the call on hold."""
+        return self._on_hold
+
+    def set_hold(self, on_hold: bool) -> None:
+        """The caller put the call on hold (or took it back).
+
+        On hold the agent's audio pauses where it is and the caller's audio
+        (music on hold) is not listened to: the listener hears silence, so a
+        turn under way ends or is discarded as usual. Taken back, the agent
+        goes on where it paused.
+        """
+        if on_hold == self._on_hold or not self.accepting_input:
+            return
+        self._on_hold = on_hold
+        self._listener.muted = on_hold
+        self._emit(HoldEvent(on_hold=on_hold))
+        if on_hold:
+            self.playout.pause()
+        elif not self._barge.paused:
+            self.playout.resume()
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         """Events as they happen, until the session closes."""
@@ -359,7 +430,8 @@ class VoiceSession:
                 if reply is not None:
                     self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=action.value))
             elif action is BargeInAction.RESUME:
-                self.playout.resume()
+                if not self._on_hold:
+                    self.playout.resume()
                 self._listener.urgent_partials = False
                 if reply is not None and not reply.done:
                     self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=action.value))
@@ -445,7 +517,7 @@ class VoiceSession:
             self._reply = None
             self._barge.reply_ended()
             self._listener.urgent_partials = False
-            if self.playout.paused:
+            if self.playout.paused and not self._on_hold:
                 self.playout.resume()
             if self._state in (SessionState.THINKING, SessionState.SPEAKING):
                 self._set_state(SessionState.LISTENING)

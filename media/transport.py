@@ -14,7 +14,7 @@ A transport carries one call between a caller and the bridge
   transport (aiortc's track) binds the buffer to its track, which paces its
   ``recv()`` with the same ``Pacer``. If ``play`` returns, the caller is gone.
 - **control in**: ``control()`` yields typed ``ControlMessage``s (typed text,
-  hang-up; DTMF and hold come with SIP). JSON wires use ``parse_control``;
+  hang-up, keypad digits, hold). JSON wires use ``parse_control``;
   what cannot be understood arrives as ``InvalidControl`` and the bridge
   answers it with one error format. The iterator may end while the call goes
   on (a WHIP client has no data channel).
@@ -66,8 +66,23 @@ class InvalidControl:
     message: str
 
 
-ControlMessage = TextInput | HangUp | InvalidControl
-"""What a transport's control channel carries in (DTMF and hold join with SIP)."""
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    """The caller pressed a keypad key (RFC 4733 telephone-event or SIP INFO)."""
+
+    digit: str
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The caller put the call on hold (``on_hold``) or took it back (a SIP re-INVITE)."""
+
+    on_hold: bool
+
+
+ControlMessage = TextInput | HangUp | Dtmf | Hold | InvalidControl
+"""What a transport's control channel carries in."""
 
 _EXPECTED = 'expected {"type": "text", "text": ...} or {"type": "hangup"}'
 

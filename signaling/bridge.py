@@ -31,7 +31,15 @@ from agent.errors import SessionClosedError
 from agent.events import ErrorEvent
 from media.frames import PIPELINE_RATE, AudioFrame
 from media.resample import FrameNormalizer
-from media.transport import HangUp, InvalidControl, TextInput, Transport, TransportClosedError
+from media.transport import (
+    Dtmf,
+    HangUp,
+    Hold,
+    InvalidControl,
+    TextInput,
+    Transport,
+    TransportClosedError,
+)
 
 if TYPE_CHECKING:
     from signaling.calls import Call
@@ -156,6 +164,15 @@ class CallBridge:
                 if isinstance(message, TextInput):
                     self._call.touch()
                     await self._session.send_text(message.text)
+                elif isinstance(message, Dtmf):
+                    self._call.touch()
+                    try:
+                        self._session.dtmf(message.digit, message.duration_ms)
+                    except ValueError as exc:
+                        await self._transport.send_event(input_error(str(exc)))
+                elif isinstance(message, Hold):
+                    self._call.touch()
+                    self._session.set_hold(message.on_hold)
                 elif isinstance(message, InvalidControl):
                     await self._transport.send_event(input_error(message.message))
         return None  # the control channel closed; media may go on

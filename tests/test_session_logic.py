@@ -18,7 +18,9 @@ from agent.config import AgentConfig
 from agent.errors import ProviderError, SessionClosedError
 from agent.events import (
     AgentEvent,
+    DtmfEvent,
     ErrorEvent,
+    HoldEvent,
     InterruptionEvent,
     ReplyEvent,
     SessionState,
@@ -365,3 +367,63 @@ async def test_input_is_refused_from_the_moment_close_starts() -> None:
         session.push_audio(AudioFrame(silence(0.02), 16000))
     await closing
     assert session.closed and session.active_tasks == 0
+
+
+async def test_dtmf_digits_are_events_and_one_user_turn() -> None:
+    llm = ScriptedLLM(["Account found."])
+    events = Events()
+    cfg = config()
+    cfg = cfg.model_copy(update={"dtmf": cfg.dtmf.model_copy(update={"collect_ms": 200})})
+    session = VoiceSession(cfg, fake_models(llm=llm), sinks=[events])
+    async with session:
+        for digit in "42":
+            session.dtmf(digit, 120)
+        session.dtmf("7", 100)
+        await asyncio.sleep(0.3)  # the collect window closes: one turn for "427"
+        await feed(session, silence(0.5))
+        session.dtmf("9")
+        session.dtmf("#")  # "#" ends the entry at once
+        await feed(session, silence(0.5))
+        with pytest.raises(ValueError, match="DTMF"):
+            session.dtmf("x")
+    digits = [e.digit for e in events.all if isinstance(e, DtmfEvent)]
+    assert digits == ["4", "2", "7", "9", "#"]
+    assert events.finals() == [
+        "The caller pressed 427 on the keypad.",
+        "The caller pressed 9# on the keypad.",
+    ]
+    assert len(llm.requests) == 2
+
+
+async def test_dtmf_without_llm_turns_only_emits_events() -> None:
+    llm = ScriptedLLM(["unused"])
+    events = Events()
+    cfg = config()
+    cfg = cfg.model_copy(update={"dtmf": cfg.dtmf.model_copy(update={"to_llm": False})})
+    async with VoiceSession(cfg, fake_models(llm=llm), sinks=[events]) as session:
+        session.dtmf("5")
+        await feed(session, silence(0.3))
+    assert [e.digit for e in events.all if isinstance(e, DtmfEvent)] == ["5"]
+    assert llm.requests == [] and events.finals() == []
+
+
+async def test_hold_pauses_the_agent_and_ignores_music_on_hold() -> None:
+    stt = FakeSTT(["this is hold music"])
+    llm = ScriptedLLM(["Our opening hours are nine to five on weekdays."])
+    events = Events()
+    session = VoiceSession(config(), fake_models(stt=stt, llm=llm), sinks=[events])
+    async with session:
+        await session.send_text("hours?")
+        await feed(session, silence(0.4))
+        assert session.state is SessionState.SPEAKING
+        session.set_hold(True)
+        held = await feed(session, np.concatenate([tone(1.0), silence(1.0)]))  # music on hold
+        assert np.abs(held).max() == 0  # the agent is silent on hold
+        assert stt.final_calls == 0 and events.phases() == []  # the music is not a turn
+        session.set_hold(False)
+        after = await feed(session, silence(3.0))
+    assert np.abs(after).max() > 1000  # the reply went on where it paused
+    [reply] = events.replies()
+    assert not reply.interrupted
+    holds = [e.on_hold for e in events.all if isinstance(e, HoldEvent)]
+    assert holds == [True, False]
