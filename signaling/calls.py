@@ -18,6 +18,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,13 +130,16 @@ class CallManager:
         room_id: str | None,
         output_rate: int,
         session_id: str | None = None,
+        attributes: Mapping[str, str] | None = None,
     ) -> Call:
         """Start a session for a new call; raises ``CallLimitError`` when full.
 
         With ``session_id`` the call continues that session: its chat context
         is loaded from the hot tier (or rebuilt from SQL), and its turns are
-        appended to the same history. The call is live (counted, listed) at
-        once; ``start`` runs it once its transport exists, ``end`` ends it.
+        appended to the same history. ``attributes`` are what the transport
+        knows of the call, kept with the session (SIP: From URI, Call-ID). The
+        call is live (counted, listed) at once; ``start`` runs it once its
+        transport exists, ``end`` ends it.
         """
         if self._closing:
             raise CallLimitError("server is shutting down")
@@ -157,7 +161,7 @@ class CallManager:
                 messages_from_json(await self._store.state.load(session_id)) if session_id else []
             )
             session_id = session_id or "ses_" + secrets.token_urlsafe(16)
-            recorder = SessionRecorder(self._store, session_id, transport)
+            recorder = SessionRecorder(self._store, session_id, transport, attributes)
             session = VoiceSession(
                 self._config,
                 self._models,
@@ -231,7 +235,7 @@ class CallManager:
             finally:
                 self._calls.pop(call.id, None)
                 if call.recorder is not None:
-                    call.recorder.ended()
+                    call.recorder.ended(call.end_reason)
                 call._ended.set()
                 log.info("call %s ended (%s)", call.id, call.end_reason)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from agent.events import (
     AgentEvent,
+    DtmfEvent,
     ErrorEvent,
     MetricsEvent,
     ReplyEvent,
@@ -84,13 +86,19 @@ class SessionRecorder:
     and every stage's latency together.
     """
 
-    def __init__(self, store: Store, session_id: str, transport: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        session_id: str,
+        transport: str,
+        attributes: Mapping[str, str] | None = None,
+    ) -> None:
         self._store = store
         self.session_id = session_id
         self._pending: dict[str, ReplyEvent] = {}
         self._inputs: dict[str, str] = {}
         self._history: ChatHistory | None = None
-        store.writer.submit(SessionStarted(session_id, transport))
+        store.writer.submit(SessionStarted(session_id, transport, attributes))
 
     def bind_history(self, history: ChatHistory) -> None:
         """Give the recorder the session's ``ChatHistory`` to save as its context."""
@@ -138,12 +146,22 @@ class SessionRecorder:
                 writer.submit(InteractionLogged(self.session_id, user_input, reply.text, action))
             if self._history is not None:
                 writer.save_context(self.session_id, messages_to_json(self._history.messages()))
+        elif isinstance(event, DtmfEvent):
+            writer.submit(
+                TurnRecord(
+                    session_id=self.session_id,
+                    turn_id=f"dtmf_{event.at * 1000:.0f}_{event.digit}"[:32],
+                    role="dtmf",
+                    text=event.digit,
+                    started_at=_ts(event.at),
+                )
+            )
         elif isinstance(event, ErrorEvent):
             writer.submit(SessionErrored(self.session_id))
 
-    def ended(self) -> None:
-        """The call is over."""
-        self._store.writer.submit(SessionEnded(self.session_id))
+    def ended(self, reason: str | None = None) -> None:
+        """The call is over (``reason``: its hang-up cause)."""
+        self._store.writer.submit(SessionEnded(self.session_id, reason=reason))
 
 
 def _ts(unix: float) -> dt.datetime:

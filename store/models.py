@@ -60,6 +60,10 @@ class VoiceSession(Base):
     turn_count: Mapped[int] = mapped_column(Integer, default=0)
     avg_stt_confidence: Mapped[float | None] = mapped_column(Float)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """What the transport knows of the call (SIP: the caller's From URI and the Call-ID)."""
+    end_reason: Mapped[str | None] = mapped_column(String(120))
+    """Why the last call of the session ended (hang-up cause)."""
 
     turns: Mapped[list[Turn]] = relationship(
         back_populates="session", cascade="all, delete-orphan", order_by="Turn.seq"

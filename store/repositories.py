@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from store.models import CacheEntry, InteractionLog, TtsAudio, Turn, VoiceSession, utcnow
@@ -28,22 +29,95 @@ class TurnRecord:
     ended_at: dt.datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SessionCursor:
+    """A position in the newest-first list of sessions: the last session already seen."""
+
+    started_at: dt.datetime
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    """One page of sessions, newest first, and where the next page starts (None: last)."""
+
+    sessions: list[VoiceSession]
+    next: SessionCursor | None
+
+
 class SessionRepository:
     """Voice sessions and their turns."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def create(self, session_id: str, transport: str, language: str = "en") -> None:
-        """Insert a session (no-op if it already exists)."""
+    async def create(
+        self,
+        session_id: str,
+        transport: str,
+        language: str = "en",
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Insert a session (if it exists: merge the new call's ``attributes`` into it)."""
         async with self._sessions.begin() as db:
-            if await db.get(VoiceSession, session_id) is None:
-                db.add(VoiceSession(id=session_id, transport=transport, language=language))
+            row = await db.get(VoiceSession, session_id)
+            if row is None:
+                db.add(
+                    VoiceSession(
+                        id=session_id,
+                        transport=transport,
+                        language=language,
+                        attributes=dict(attributes) if attributes else None,
+                    )
+                )
+            elif attributes:
+                row.attributes = {**(row.attributes or {}), **attributes}
 
     async def get(self, session_id: str) -> VoiceSession | None:
         """A session by id."""
         async with self._sessions() as db:
             return await db.get(VoiceSession, session_id)
+
+    async def page(
+        self,
+        *,
+        transport: str | None = None,
+        limit: int = 50,
+        after: SessionCursor | None = None,
+    ) -> SessionPage:
+        """Sessions newest first (start time, then id), ``limit`` at a time.
+
+        Keyset pagination: ``after`` is the previous page's ``next``, so pages
+        neither skip nor repeat rows when sessions are added meanwhile (new
+        ones appear on a fresh first page). ``transport`` keeps only that
+        transport's sessions.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        query = select(VoiceSession)
+        if transport is not None:
+            query = query.where(VoiceSession.transport == transport)
+        if after is not None:
+            started = _utc(after.started_at)
+            query = query.where(
+                or_(
+                    VoiceSession.started_at < started,
+                    and_(
+                        VoiceSession.started_at == started,
+                        VoiceSession.id < after.session_id,
+                    ),
+                )
+            )
+        query = query.order_by(VoiceSession.started_at.desc(), VoiceSession.id.desc())
+        async with self._sessions() as db:
+            rows = list(await db.scalars(query.limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1] if more else None
+        return SessionPage(
+            sessions=rows,
+            next=SessionCursor(_aware(last.started_at), last.id) if last is not None else None,
+        )
 
     async def set_transport(self, session_id: str, transport: str) -> None:
         """Record the transport of the session's latest call."""
@@ -54,13 +128,14 @@ class SessionRepository:
                 .values(transport=transport, status="active", ended_at=None)
             )
 
-    async def end(self, session_id: str, status: str = "ended") -> None:
-        """Mark a session ended."""
+    async def end(self, session_id: str, status: str = "ended", reason: str | None = None) -> None:
+        """Mark a session ended (by its latest call, whose ``reason`` is kept)."""
+        values: dict[str, Any] = {"status": status, "ended_at": utcnow()}
+        if reason is not None:
+            values["end_reason"] = reason[:120]
         async with self._sessions.begin() as db:
             await db.execute(
-                update(VoiceSession)
-                .where(VoiceSession.id == session_id, VoiceSession.ended_at.is_(None))
-                .values(status=status, ended_at=utcnow())
+                update(VoiceSession).where(VoiceSession.id == session_id).values(**values)
             )
 
     async def delete(self, session_id: str) -> bool:
@@ -298,6 +373,11 @@ class TtsAudioRepository:
                     delete(TtsAudio).where(TtsAudio.id.in_(victims[i : i + self._DELETE_BATCH]))
                 )
             return PurgeResult(expired=expired, over_size=len(victims))
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """``value`` in UTC (naive values are taken as UTC, as SQLite returns them)."""
+    return _aware(value).astimezone(dt.UTC)
 
 
 def _aware(value: dt.datetime) -> dt.datetime:

@@ -62,8 +62,10 @@ class SessionStateStore:
                     rebuilt.append(
                         {"role": "assistant", "content": text, "interrupted": t.interrupted}
                     )
-            else:
+            elif t.role == "user":
                 rebuilt.append({"role": "user", "content": t.text, "interrupted": False})
+            # other rows (keypad digits) are events of the history, not chat messages:
+            # what the caller pressed reached the model as a user turn already
         return rebuilt
 
     async def forget(self, session_id: str) -> None:

@@ -29,7 +29,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,14 +46,17 @@ class SessionStarted:
 
     session_id: str
     transport: str
+    attributes: Mapping[str, str] | None = None
+    """What the transport knows of the call (SIP: From URI, Call-ID); no secrets."""
 
 
 @dataclass(frozen=True, slots=True)
 class SessionEnded:
-    """Mark a session ended."""
+    """Mark a session ended, with the reason its call ended."""
 
     session_id: str
     status: str = "ended"
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,10 +300,10 @@ class TurnWriter:
         if isinstance(op, TurnRecord):
             await self._repo.add_turn(op)
         elif isinstance(op, SessionStarted):
-            await self._repo.create(op.session_id, op.transport)
+            await self._repo.create(op.session_id, op.transport, attributes=op.attributes)
             await self._repo.set_transport(op.session_id, op.transport)
         elif isinstance(op, SessionEnded):
-            await self._repo.end(op.session_id, op.status)
+            await self._repo.end(op.session_id, op.status, op.reason)
         elif isinstance(op, InteractionLogged):
             await self._repo.log_interaction(
                 op.session_id, op.user_input, op.raw_llm_output, op.final_action
