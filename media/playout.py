@@ -8,6 +8,10 @@ lets the agent commit to history only the text the caller heard.
 Bound and drop policy: at most ``max_buffered_ms`` of audio is queued.
 Producers wait in ``push`` until there is room (back-pressure: agent speech is
 never dropped while it is wanted); ``clear`` drops everything at once.
+
+An echo canceller reads what the caller heard through ``tap()``: a
+``ReferenceTap`` that keeps the last few hundred milliseconds of pulled frames
+with their stream positions. It costs nothing until a transport asks for it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from media.pacer import Pacer
 
 _RETIRED_IDS = 1024
 """How many forgotten utterance ids are remembered (so late producers cannot revive them)."""
+TAP_KEEP_MS = 500
+"""Default span of agent output a ``ReferenceTap`` keeps for an echo canceller."""
 
 
 @dataclass(slots=True)
@@ -64,6 +70,87 @@ class _Utterance:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class ReferenceTap:
+    """The last ``keep_ms`` of audio pulled from a ``PlayoutBuffer``, by stream position.
+
+    A ring buffer at the playout rate: ``write`` is called by ``pull`` with
+    every frame the caller is sent (filler silence included, so positions are
+    contiguous); an echo canceller reads any span with ``read`` (samples that
+    are older than the ring or not pulled yet read as zeros) or the newest
+    ``latest(ms)``. Positions are samples since the buffer was created, the
+    same clock as ``PlayoutBuffer.position``. Memory is fixed at ``keep_ms``
+    of int16 samples; nothing here allocates per frame except the copy a
+    reader asks for.
+    """
+
+    def __init__(self, sample_rate: int, keep_ms: int = TAP_KEEP_MS) -> None:
+        if sample_rate <= 0 or keep_ms <= 0:
+            raise ValueError("a reference tap needs a positive rate and span")
+        self.sample_rate = sample_rate
+        self.size = sample_rate * keep_ms // 1000
+        self._ring = np.zeros(self.size, np.int16)
+        self._end = 0
+        self._speech_end = 0
+
+    @property
+    def end(self) -> int:
+        """Stream position just past the newest sample held (samples)."""
+        return self._end
+
+    @property
+    def start(self) -> int:
+        """Stream position of the oldest sample still held (samples)."""
+        return max(0, self._end - self.size)
+
+    @property
+    def speech_end(self) -> int:
+        """Position just past the last frame that carried agent audio (0: none yet)."""
+        return self._speech_end
+
+    def write(self, position: int, pcm: PCM, speech: bool) -> None:
+        """Record a pulled frame that starts at stream ``position``.
+
+        Frames normally follow each other; a gap reads back as silence, and a
+        frame longer than the ring keeps only its newest samples.
+        """
+        if position < self._end:
+            raise ValueError(f"tap write at {position} goes back before {self._end}")
+        if position - self._end >= self.size:
+            self._ring[:] = 0
+        elif position > self._end:
+            self._put(self._end, np.zeros(position - self._end, np.int16))
+        if pcm.size > self.size:
+            position += pcm.size - self.size
+            pcm = pcm[-self.size :]
+        self._put(position, pcm)
+        self._end = position + pcm.size
+        if speech:
+            self._speech_end = self._end
+
+    def _put(self, position: int, pcm: PCM) -> None:
+        at = position % self.size
+        first = min(pcm.size, self.size - at)
+        self._ring[at : at + first] = pcm[:first]
+        self._ring[: pcm.size - first] = pcm[first:]
+
+    def read(self, start: int, count: int) -> PCM:
+        """Samples ``[start, start + count)``; positions not held read as zeros."""
+        out = np.zeros(max(0, count), np.int16)
+        lo, hi = max(start, self.start), min(start + count, self._end)
+        if hi <= lo:
+            return out
+        at, n = lo % self.size, hi - lo
+        first = min(n, self.size - at)
+        out[lo - start : lo - start + first] = self._ring[at : at + first]
+        out[lo - start + first : hi - start] = self._ring[: n - first]
+        return out
+
+    def latest(self, ms: float) -> PCM:
+        """The newest ``ms`` of output (zeros where nothing was pulled yet)."""
+        count = min(self.size, round(ms * self.sample_rate / 1000))
+        return self.read(self._end - count, count)
+
+
 class PlayoutBuffer:
     """Bounded queue of agent audio with per-segment played accounting.
 
@@ -87,6 +174,7 @@ class PlayoutBuffer:
         self._room.set()
         self._paused = False
         self._position = 0  # samples pulled since creation (stream clock)
+        self._tap: ReferenceTap | None = None
 
     # ---------------------------------------------------------------- producer
 
@@ -172,6 +260,8 @@ class PlayoutBuffer:
             self._queued -= filled
             if self._queued < self._max_samples:
                 self._room.set()
+        if self._tap is not None:
+            self._tap.write(self._position, out, filled > 0)
         self._position += self.frame_samples
         return out, filled > 0
 
@@ -196,6 +286,17 @@ class PlayoutBuffer:
         while True:
             await pacer.wait()
             yield self._pull_stamped()
+
+    def tap(self, keep_ms: int = TAP_KEEP_MS) -> ReferenceTap:
+        """Start a tap on pulled output for an echo canceller (idempotent).
+
+        The tap starts at the current position and records every later
+        ``pull``. A second call returns the running tap, whatever its span.
+        """
+        if self._tap is None:
+            self._tap = ReferenceTap(self.sample_rate, keep_ms)
+            self._tap.write(self._position, np.zeros(0, np.int16), False)
+        return self._tap
 
     # ----------------------------------------------------------------- control
 

@@ -3,7 +3,9 @@
 ``CallBridge.run`` owns every task of a call in one ``asyncio.TaskGroup``:
 
 ``audio-in``  the caller's frames, normalised once here to 16 kHz mono
-              (``FrameNormalizer``) and pushed into the session;
+              (``FrameNormalizer``), cleared of the agent's own echo when the
+              transport asks for it (``echo_cancel``; ``media.echo``) and
+              pushed into the session;
 ``playback``  ``transport.play(session.playout)`` (paced push, or aiortc's pull track);
 ``events``    session events out as JSON dicts;
 ``control``   typed text in, hang-up, and one error format for what is not understood;
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from agent.errors import SessionClosedError
 from agent.events import ErrorEvent
+from media.echo import open_echo_filter
 from media.frames import PIPELINE_RATE, AudioFrame
 from media.resample import FrameNormalizer
 from media.transport import (
@@ -140,11 +143,20 @@ class CallBridge:
 
     async def _audio_in(self) -> str:
         normalizer = FrameNormalizer(PIPELINE_RATE)
-        async with _closing(self._transport.inbound()) as frames:
-            async for frame in frames:
-                pcm: AudioFrame = normalizer.process(frame)
-                if pcm.samples.size:
-                    self._session.push_audio(pcm)
+        # a transport whose caller may play the agent back (SIP) sets echo_cancel = True
+        wants_aec = bool(getattr(self._transport, "echo_cancel", False))
+        echo = await open_echo_filter(self._session.playout) if wants_aec else None
+        try:
+            async with _closing(self._transport.inbound()) as frames:
+                async for frame in frames:
+                    pcm: AudioFrame = normalizer.process(frame)
+                    if echo is not None and pcm.samples.size:
+                        pcm = echo.process(pcm)
+                    if pcm.samples.size:
+                        self._session.push_audio(pcm)
+        finally:
+            if echo is not None:
+                echo.close()
         return f"{self._transport.kind} closed"
 
     async def _playback(self) -> str:
