@@ -14,6 +14,7 @@ can answer with the same SIP status codes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from media.transport import Transport
@@ -89,6 +90,23 @@ async def open_call(st: AppState, grant: Grant, kind: str, *, output_rate: int) 
         raise AdmissionError(503, "too_many_calls", str(exc)) from exc
     token = None if grant.session_id is not None else st.tokens.mint_session(call.session.id)[0]
     return Admitted(call, token)
+
+
+async def open_protocol_call(
+    st: AppState, kind: str, *, output_rate: int, attributes: Mapping[str, str]
+) -> Call:
+    """Reserve capacity and start a new session for a call its own protocol admitted.
+
+    SIP callers are admitted by the SIP server (source allowlist, digest
+    authentication): they have no room and no token. ``attributes`` (the
+    caller's From URI, the Call-ID) are kept with the session.
+    """
+    try:
+        return await st.calls.open(
+            kind, room_id=None, output_rate=output_rate, attributes=attributes
+        )
+    except CallLimitError as exc:
+        raise AdmissionError(503, "too_many_calls", str(exc)) from exc
 
 
 def start_call(st: AppState, call: Call, transport: Transport) -> None:

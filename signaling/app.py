@@ -28,6 +28,7 @@ from signaling.calls import CallLimitError, CallManager
 from signaling.metrics import ServerMetrics
 from signaling.rooms import Room, RoomRegistry
 from signaling.settings import ServerSettings
+from signaling.sip import start_sip
 from signaling.state import ApiError, AppState, State
 from signaling.textchat import TextChats
 from signaling.tokens import TokenError, TokenService, bearer
@@ -127,10 +128,14 @@ def create_app(
             store=store,
             started_at=time.time(),
         )
+        sip = await start_sip(app.state.parley)
+        app.state.parley.sip = sip[0] if sip is not None else None
         log.info("parley ready: models loaded in %s s", loaded.load_seconds)
         try:
             yield
         finally:
+            if sip is not None:
+                await sip[0].aclose()  # BYE to every phone caller first
             await calls.shutdown()
             await store.close()
             if own:

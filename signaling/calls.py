@@ -211,6 +211,13 @@ class CallManager:
         """
         await asyncio.shield(self._begin_end(call, reason))
 
+    def end_soon(self, call: Call, reason: str) -> None:
+        """Start ending a call from synchronous code (a protocol callback); see ``end``.
+
+        The closing runs in a task the call owns; ``call.wait_ended()`` waits for it.
+        """
+        self._begin_end(call, reason)
+
     def _begin_end(self, call: Call, reason: str) -> asyncio.Task[None]:
         if call._closing is None:
             call.end_reason = reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -47,6 +48,61 @@ class _StoreCollector(Collector):
                 yield CounterMetricFamily(f"parley_store_{name}", doc, value=values[name])
 
 
+RTP_COUNTERS = ("packets_received", "packets_sent", "lost", "late", "concealed", "garbage")
+"""RTP counters of SIP calls exported as ``parley_rtp_packets_total{kind=...}``."""
+
+
+class _SipCollector(Collector):
+    """Reads the SIP server's and the RTP sessions' counters at scrape time."""
+
+    def __init__(
+        self, sip: Callable[[], SipStatsView], rtp: Callable[[], Mapping[str, int]]
+    ) -> None:
+        self._sip = sip
+        self._rtp = rtp
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._sip()
+        responses = CounterMetricFamily(
+            "parley_sip_responses", "SIP responses sent, by status code", labels=["code"]
+        )
+        for code, n in sorted(stats.responses_sent.items()):
+            responses.add_metric([str(code)], n)
+        yield responses
+        requests = CounterMetricFamily(
+            "parley_sip_requests", "SIP requests received, by method", labels=["method"]
+        )
+        for method, n in sorted(stats.requests_received.items()):
+            requests.add_metric([method], n)
+        yield requests
+        malformed = CounterMetricFamily(
+            "parley_sip_malformed", "Malformed SIP messages, by handling", labels=["handling"]
+        )
+        malformed.add_metric(["dropped"], stats.malformed_dropped)
+        malformed.add_metric(["answered"], stats.malformed_answered)
+        yield malformed
+        rtp = self._rtp()
+        packets = CounterMetricFamily(
+            "parley_rtp_packets", "RTP packets of SIP calls, by kind", labels=["kind"]
+        )
+        for kind in RTP_COUNTERS:
+            packets.add_metric([kind], rtp.get(kind, 0))
+        yield packets
+
+
+class SipStatsView(Protocol):
+    """What the metrics read of the SIP server's counters (``media.sip.server.SipStats``)."""
+
+    @property
+    def responses_sent(self) -> Mapping[int, int]: ...
+    @property
+    def requests_received(self) -> Mapping[str, int]: ...
+    @property
+    def malformed_dropped(self) -> int: ...
+    @property
+    def malformed_answered(self) -> int: ...
+
+
 class ServerMetrics:
     """The server's metrics in their own registry (safe with several apps per process)."""
 
@@ -74,6 +130,12 @@ class ServerMetrics:
         self.tts_first_audio = hist(
             "parley_tts_first_audio_seconds", "TTS time from first text chunk to first audio"
         )
+
+    def watch_sip(
+        self, sip: Callable[[], SipStatsView], rtp: Callable[[], Mapping[str, int]]
+    ) -> None:
+        """Export SIP responses by code and RTP packet counters (lost, late...)."""
+        self.registry.register(_SipCollector(sip, rtp))
 
     def watch_store(self, stats: Callable[[], Mapping[str, int]]) -> None:
         """Export the store's counters (``Store.stats``) as ``parley_store_*`` metrics."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,7 +24,12 @@ class ServerSettings(BaseSettings):
     ``[{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "p"}]``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="PARLEY_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_file=".env",
+        extra="ignore",
+        hide_input_in_errors=True,  # a rejected value may be a secret: never echo it
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -35,6 +41,11 @@ class ServerSettings(BaseSettings):
     workers sharing the data directory accept each other's. Set it when workers on
     several machines must accept each other's tokens."""
     token_ttl_s: int = Field(3600, ge=10)
+    admin_token: SecretStr | None = Field(None, min_length=16)
+    """Operators' bearer token (``Authorization: Bearer ...``): lists every session
+    (``GET /v1/sessions``) and reads any session and its history, SIP calls included.
+    Unset: no admin access. At least 16 characters; generate it, e.g.
+    ``python -c 'import secrets; print(secrets.token_urlsafe(32))'``."""
     max_calls: int = Field(4, ge=1)
     """Concurrent calls (WebRTC and WebSocket) beyond which new calls get 503."""
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
@@ -43,3 +54,67 @@ class ServerSettings(BaseSettings):
     ice_servers: list[IceServer] = Field(default_factory=list)
     output_rate: int = 48_000
     """Rate of the agent's WebRTC track (Opus runs at 48 kHz)."""
+    sip_listen: str = "127.0.0.1:5060"
+    """SIP on UDP and TCP at ``HOST:PORT`` (``[v6]:PORT`` for IPv6); ``off`` disables it."""
+    sip_public_ip: str | None = None
+    """The address put in SDP and Contact when the server sits behind NAT."""
+    sip_allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """Source networks (CIDRs) SIP requests are accepted from (JSON list, or comma-separated)."""
+    sip_users: SecretStr | None = None
+    """Digest users allowed to call, ``user:password,user2:password2``; unset: no digest auth."""
+    rtp_ports: str = "10000-20000"
+    """UDP port range of the calls' RTP sessions (``LOW-HIGH``)."""
+    sip_no_rtp_timeout_s: float = Field(30.0, gt=0)
+    """A SIP call whose caller sent no RTP for this long is hung up."""
+
+    @field_validator("sip_allow", mode="before")
+    @classmethod
+    def _comma_separated_networks(cls, value: object) -> object:
+        """Accept ``PARLEY_SIP_ALLOW=10.0.0.0/8,192.168.1.0/24`` as well as a JSON list."""
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def sip_endpoint(self) -> tuple[str, int] | None:
+        """``sip_listen`` as ``(host, port)``; None when SIP is off."""
+        text = self.sip_listen.strip()
+        if text.lower() == "off":
+            return None
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"PARLEY_SIP_LISTEN must be HOST:PORT or off, got {text!r}")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    def sip_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``sip_allow`` parsed (``ValueError`` names a bad entry)."""
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.sip_allow)
+
+    def sip_user_passwords(self) -> dict[str, str]:
+        """``sip_users`` parsed into user -> password (``ValueError`` on a bad entry)."""
+        if self.sip_users is None:
+            return {}
+        users: dict[str, str] = {}
+        for entry in self.sip_users.get_secret_value().split(","):
+            user, sep, password = entry.strip().partition(":")
+            if not sep or not user or not password:
+                raise ValueError("PARLEY_SIP_USERS entries must be user:password")
+            users[user] = password
+        return users
+
+    def rtp_port_range(self) -> tuple[int, int]:
+        """``rtp_ports`` as ``(low, high)`` (``ValueError`` when it is not a valid range)."""
+        low, sep, high = self.rtp_ports.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise ValueError(f"PARLEY_RTP_PORTS must be LOW-HIGH, got {self.rtp_ports!r}")
+        lo, hi = int(low), int(high)
+        if not 1024 <= lo < hi <= 65535:
+            raise ValueError(f"PARLEY_RTP_PORTS must be within 1024-65535, got {lo}-{hi}")
+        return lo, hi
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _blank_admin_token_is_unset(cls, value: object) -> object:
+        """``PARLEY_ADMIN_TOKEN=`` (empty, as compose files often pass it) means unset."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value

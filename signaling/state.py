@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -16,6 +16,9 @@ from signaling.settings import ServerSettings
 from signaling.textchat import TextChats
 from signaling.tokens import TokenService
 from store.store import Store
+
+if TYPE_CHECKING:
+    from media.sip.server import SipServer
 
 
 class ApiError(Exception):
@@ -42,6 +45,8 @@ class AppState:
     chats: TextChats
     store: Store
     started_at: float
+    sip: SipServer | None = None
+    """The SIP server, when ``PARLEY_SIP_LISTEN`` is not off."""
 
 
 def state_of(request: Request) -> AppState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +10,10 @@ import pytest
 from agent.config import AgentConfig
 from agent.runtime import AgentModels
 from tests.backends import backend_fixture, settings_fixture, store_fixture
+
+# Servers started by tests listen for SIP only where a test asks for it (on a free
+# port): the default 127.0.0.1:5060 would be shared by every test server.
+os.environ.setdefault("PARLEY_SIP_LISTEN", "off")
 
 __all__ = ["backend_fixture", "settings_fixture", "store_fixture"]
 """Store fixtures (``backend``, ``settings``, ``store``) shared by every test module."""

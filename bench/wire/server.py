@@ -158,6 +158,8 @@ class ServerProcess:
         # A store of its own per server: the embedded SQLite file and its TTS phrase
         # cache start empty, and the repository's ./data is left alone.
         env.setdefault("PARLEY_DATA_DIR", str(self.log_path.parent / f"data-{self.port}"))
+        # Several servers run at once: SIP only where a scenario asks for it (its own port).
+        env.setdefault("PARLEY_SIP_LISTEN", "off")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         with self.log_path.open("ab") as log:
