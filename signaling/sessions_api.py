@@ -1,20 +1,96 @@
-"""Sessions: create, read, history and delete; each session is owned by its token."""
+"""Sessions: create, read, history and delete; each session is owned by its token.
+
+Operators read sessions that have no caller token (phone calls) with the admin
+token (``PARLEY_ADMIN_TOKEN``): it lists every session and reads any session and
+its history; deleting stays with the session's own token.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime as dt
+import hmac
+import json
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query
 
 from signaling.state import ApiError, AppState, State
-from signaling.tokens import bearer
+from signaling.tokens import TokenError, bearer
+from store.models import VoiceSession
+from store.repositories import SessionCursor
 
 router = APIRouter(prefix="/v1/sessions")
 
+MAX_PAGE = 200
+MAX_CURSOR_CHARS = 512
+
+
+def _is_admin(st: AppState, token: str | None) -> bool:
+    """Whether ``token`` is the admin token (constant-time; False when none is configured)."""
+    admin = st.settings.admin_token
+    if admin is None or not token:
+        return False
+    return hmac.compare_digest(token.encode(), admin.get_secret_value().encode())
+
 
 def _authorize(st: AppState, session_id: str, authorization: str | None) -> None:
-    st.tokens.verify_session(bearer(authorization), session_id)
+    """The admin token, or the session's own token (401 missing/invalid, 403 another's)."""
+    token = bearer(authorization)
+    if _is_admin(st, token):
+        return
+    st.tokens.verify_session(token, session_id)
+
+
+def _authorize_admin(st: AppState, authorization: str | None) -> None:
+    if not _is_admin(st, bearer(authorization)):
+        raise TokenError("the admin token is required", 401)
+
+
+def _encode_cursor(cursor: SessionCursor) -> str:
+    raw = json.dumps([cursor.started_at.isoformat(), cursor.session_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(value: str) -> SessionCursor:
+    """The position an opaque ``cursor`` names (400 if it is not one this API issued)."""
+    try:
+        if len(value) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        started, session_id = json.loads(raw)
+        if not isinstance(started, str) or not isinstance(session_id, str):
+            raise ValueError("wrong types")
+        at = dt.datetime.fromisoformat(started)
+        if at.tzinfo is None:
+            raise ValueError("naive time")
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_cursor", "cursor is not one this API returned") from exc
+    return SessionCursor(at, session_id)
+
+
+def _iso(value: dt.datetime) -> str:
+    """ISO 8601 with its UTC offset on every backend (SQLite hands back naive UTC)."""
+    return (value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)).isoformat()
+
+
+def _session_out(st: AppState, row: VoiceSession) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "transport": row.transport,
+        "status": row.status,
+        "language": row.language,
+        "started_at": _iso(row.started_at),
+        "ended_at": _iso(row.ended_at) if row.ended_at else None,
+        "turn_count": row.turn_count,
+        "avg_stt_confidence": row.avg_stt_confidence,
+        "error_count": row.error_count,
+        "attributes": row.attributes or {},
+        "end_reason": row.end_reason,
+        "live_calls": [c.id for c in st.calls.calls(session_id=row.id)],
+    }
 
 
 def new_session(st: AppState) -> dict[str, Any]:
@@ -22,6 +98,29 @@ def new_session(st: AppState) -> dict[str, Any]:
     session_id = "ses_" + secrets.token_urlsafe(16)
     token, exp = st.tokens.mint_session(session_id)
     return {"id": session_id, "token": token, "token_expires_at": exp}
+
+
+@router.get("")
+async def list_sessions(
+    st: State,
+    authorization: Annotated[str | None, Header()] = None,
+    transport: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
+) -> dict[str, Any]:
+    """Every session, newest first (admin token only).
+
+    ``transport`` keeps one transport's sessions (``sip``, ``webrtc``, ...);
+    ``limit`` (1-200) sessions a page; pass the answer's ``next_cursor`` as
+    ``cursor`` for the next page (null: no more).
+    """
+    _authorize_admin(st, authorization)
+    after = _decode_cursor(cursor) if cursor is not None else None
+    page = await st.store.sessions.page(transport=transport, limit=limit, after=after)
+    return {
+        "sessions": [_session_out(st, row) for row in page.sessions],
+        "next_cursor": _encode_cursor(page.next) if page.next is not None else None,
+    }
 
 
 @router.post("", status_code=201)
@@ -36,30 +135,20 @@ async def create_session(st: State) -> dict[str, Any]:
 async def get_session(
     session_id: str, st: State, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
-    """A session's status and statistics."""
+    """A session's status and statistics (its token, or the admin token)."""
     _authorize(st, session_id, authorization)
     row = await st.store.sessions.get(session_id)
     if row is None:
         raise ApiError(404, "session_not_found", "no such session")
-    return {
-        "id": row.id,
-        "transport": row.transport,
-        "status": row.status,
-        "language": row.language,
-        "started_at": row.started_at.isoformat(),
-        "ended_at": row.ended_at.isoformat() if row.ended_at else None,
-        "turn_count": row.turn_count,
-        "avg_stt_confidence": row.avg_stt_confidence,
-        "error_count": row.error_count,
-        "live_calls": [c.id for c in st.calls.calls(session_id=session_id)],
-    }
+    return _session_out(st, row)
 
 
 @router.get("/{session_id}/history")
 async def get_history(
     session_id: str, st: State, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
-    """The session's turns in order, with the heard text of interrupted replies."""
+    """The session's turns in order, with the heard text of interrupted replies
+    (its token, or the admin token)."""
     _authorize(st, session_id, authorization)
     if await st.store.sessions.get(session_id) is None:
         raise ApiError(404, "session_not_found", "no such session")
@@ -76,7 +165,7 @@ async def get_history(
                 "interrupted": t.interrupted,
                 "stt_confidence": t.stt_confidence,
                 "latencies": t.latencies,
-                "started_at": t.started_at.isoformat(),
+                "started_at": _iso(t.started_at),
             }
             for t in turns
         ],
@@ -87,8 +176,8 @@ async def get_history(
 async def delete_session(
     session_id: str, st: State, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
-    """End the session's calls and delete it with its turns."""
-    _authorize(st, session_id, authorization)
+    """End the session's calls and delete it with its turns (its own token only)."""
+    st.tokens.verify_session(bearer(authorization), session_id)
     for call in st.calls.calls(session_id=session_id):
         await st.calls.end(call, "session deleted")
     await st.store.writer.flush(5.0)
