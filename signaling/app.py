@@ -151,10 +151,12 @@ def create_app(
     _install_error_handlers(app)
     _install_routes(app)
     from signaling.sessions_api import router as sessions_router
+    from signaling.sip import router as sip_router
     from signaling.voice_api import router as voice_router
     from signaling.ws import router as ws_router
 
     app.include_router(sessions_router)
+    app.include_router(sip_router)
     app.include_router(voice_router)
     app.include_router(ws_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -44,7 +44,8 @@ def _authorize(st: AppState, session_id: str, authorization: str | None) -> None
     st.tokens.verify_session(token, session_id)
 
 
-def _authorize_admin(st: AppState, authorization: str | None) -> None:
+def require_admin(st: AppState, authorization: str | None) -> None:
+    """401 unless ``authorization`` carries the admin token."""
     if not _is_admin(st, bearer(authorization)):
         raise TokenError("the admin token is required", 401)
 
@@ -114,7 +115,7 @@ async def list_sessions(
     ``limit`` (1-200) sessions a page; pass the answer's ``next_cursor`` as
     ``cursor`` for the next page (null: no more).
     """
-    _authorize_admin(st, authorization)
+    require_admin(st, authorization)
     after = _decode_cursor(cursor) if cursor is not None else None
     page = await st.store.sessions.page(transport=transport, limit=limit, after=after)
     return {

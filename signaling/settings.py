@@ -64,6 +64,8 @@ class ServerSettings(BaseSettings):
     """Digest users allowed to call, ``user:password,user2:password2``; unset: no digest auth."""
     rtp_ports: str = "10000-20000"
     """UDP port range of the calls' RTP sessions (``LOW-HIGH``)."""
+    sip_transfer_uri: str | None = Field(None, pattern=r"^sips?:[^\s<>]+$")
+    """Where a blind transfer (REFER) sends a phone caller, e.g. ``sip:desk@pbx.example``."""
     sip_no_rtp_timeout_s: float = Field(30.0, gt=0)
     """A SIP call whose caller sent no RTP for this long is hung up."""
 

@@ -25,17 +25,23 @@ import secrets
 import socket
 from collections import Counter
 from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
 
 from media.sip.codecs import codec_for
+from media.sip.dialogs import DialogStateError
 from media.sip.rtp import RtpSession
 from media.sip.sdp import SdpNegotiationError, build_answer, mirror, negotiate, parse_sdp
 from media.sip.server import Acceptance, IncomingCall, SipRejection, SipServer, SipSettings
 from media.sip.transport import SipTransport
 from signaling.admission import AdmissionError, open_protocol_call, start_call
 from signaling.calls import Call
-from signaling.state import AppState
+from signaling.sessions_api import require_admin
+from signaling.state import ApiError, AppState, State
 
 log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1")
 
 CAUSES = {
     "bye": "caller hung up (BYE)",
@@ -197,3 +203,30 @@ async def start_sip(st: AppState) -> tuple[SipServer, SipCalls] | None:
         "on" if settings.sip_users is not None else "off",
     )
     return server, handler
+
+
+@router.post("/calls/{call_id}/transfer")
+async def transfer_call(
+    call_id: str, st: State, authorization: Annotated[str | None, Header()] = None
+) -> dict[str, Any]:
+    """Blind-transfer a phone call to ``PARLEY_SIP_TRANSFER_URI`` (admin token).
+
+    Sends a REFER in the call's dialog and returns its final status (202:
+    the caller's side accepted and will call the target, then hang up).
+    """
+    require_admin(st, authorization)
+    target = st.settings.sip_transfer_uri
+    if target is None:
+        raise ApiError(503, "no_transfer_target", "PARLEY_SIP_TRANSFER_URI is not set")
+    call = st.calls.get(call_id)
+    if call is None:
+        raise ApiError(404, "call_not_found", "no such call")
+    transport = call.link
+    if not isinstance(transport, SipTransport):
+        raise ApiError(409, "not_a_phone_call", "only SIP calls can be transferred")
+    try:
+        status = await transport.transfer(target)
+    except DialogStateError as exc:
+        raise ApiError(409, "call_not_transferable", str(exc)) from exc
+    log.info("sip %s: transfer answered %d", transport.call.call_id[:8], status)
+    return {"call_id": call_id, "target": target, "status": status}

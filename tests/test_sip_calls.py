@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from aiortc.rtp import RtpPacket
@@ -36,6 +37,7 @@ from tests.sip_peer import Call, UdpPeer
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10.0
+ADMIN = "operator-token-0123456789"
 
 
 class RtpPhone(asyncio.DatagramProtocol):
@@ -161,6 +163,8 @@ async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
         rtp_ports="31000-31999",
         max_calls=1,
         idle_timeout_s=30,
+        admin_token=ADMIN,
+        sip_transfer_uri="sip:desk@127.0.0.1",
     )
     store = StoreSettings(PARLEY_DATA_DIR=tmp_path, DATABASE_URL=None, REDIS_URL=None)
     application = create_app(settings, models=models, store_settings=store)
@@ -255,4 +259,30 @@ async def test_hold_and_unhold_by_reinvite(app: FastAPI) -> None:
         phone.peer.reply(await phone.peer.request("BYE", within=WAIT), 200)
         await asyncio.wait_for(ending, WAIT)
     finally:
+        hang_up(phone)
+
+
+async def test_operator_transfers_a_call_with_refer(app: FastAPI) -> None:
+    st: AppState = app.state.parley
+    phone = await dial(st)
+    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://parley.test")
+    try:
+        [call] = st.calls.calls()
+        url = f"/v1/calls/{call.id}/transfer"
+        assert (await api.post(url)).status_code == 401
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        assert (await api.post("/v1/calls/call_nope/transfer", headers=auth)).status_code == 404
+        transfer = asyncio.create_task(api.post(url, headers=auth))
+        refer = await phone.peer.request("REFER", within=WAIT)
+        assert refer.headers.get("Refer-To") in ("sip:desk@127.0.0.1", "<sip:desk@127.0.0.1>")
+        phone.peer.reply(refer, 202, "Accepted")
+        answer = await asyncio.wait_for(transfer, WAIT)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"call_id": call.id, "target": "sip:desk@127.0.0.1", "status": 202}
+        # the transferred caller's side hangs up
+        phone.call.in_dialog("BYE")
+        await phone.peer.response(200, within=WAIT)
+        await asyncio.wait_for(call.wait_ended(), WAIT)
+    finally:
+        await api.aclose()
         hang_up(phone)

@@ -24,7 +24,7 @@ from typing import Any
 
 from media.frames import AudioFrame
 from media.playout import PlayoutBuffer
-from media.sip.dialogs import Dialog
+from media.sip.dialogs import Dialog, DialogStateError
 from media.sip.rtp import RtpSession
 from media.sip.sdp import SdpNegotiationError, build_answer, negotiate, parse_sdp
 from media.sip.server import IncomingCall, SipRejection
@@ -159,6 +159,20 @@ class SipTransport:
                 log.warning(
                     "sip: BYE for %s failed (%s)", self.call.call_id[:8], type(exc).__name__
                 )
+
+    async def transfer(self, target_uri: str) -> int:
+        """Blind transfer (REFER): the caller's side is asked to call ``target_uri``.
+
+        Returns the REFER's final status (202: accepted; the caller's side then
+        ends this dialog with a BYE). ``DialogStateError`` before the ACK or
+        after the end.
+        """
+        if not self._dialog.done():
+            raise DialogStateError("the call is not answered yet")
+        dialog = self._dialog.result()
+        if dialog is None or self._remote_ended is not None:
+            raise DialogStateError("the dialog has ended")
+        return await dialog.refer(target_uri)
 
     @property
     def remote_ended(self) -> str | None:
