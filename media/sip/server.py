@@ -58,14 +58,13 @@ from media.sip.dialogs import (
     parse_dtmf,
     parse_sipfrag_status,
 )
+from media.sip.flows import Flow, TcpConnection, UdpEndpoint, UdpFlow
 from media.sip.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    KeepAlive,
     MalformedMessageError,
     SipRejection,
     SipRequest,
     SipResponse,
-    StreamFramer,
     call_ref,
     make_request,
     make_response,
@@ -117,7 +116,6 @@ SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
 FORWARDED_HEADERS = ("User-Agent", "Subject", "P-Asserted-Identity", "Diversion", "Organization")
 """Headers of an INVITE passed to the handler in ``IncomingCall.headers``."""
 MAX_FORWARDED_HEADER = 256
-MAX_TCP_WRITE_BUFFER = 256 * 1024
 """A TCP peer that lets this much of our output pile up is disconnected."""
 DTMF_TYPES = ("application/dtmf-relay", "application/dtmf")
 _ALLOW = ", ".join(ALLOWED_METHODS)
@@ -236,156 +234,13 @@ class _ServerState(enum.Enum):
     CLOSED = "closed"
 
 
-class _UdpEndpoint(asyncio.DatagramProtocol):
-    """The UDP socket: every datagram goes to the server."""
-
-    def __init__(self, server: SipServer) -> None:
-        self._server = server
-        self._transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._server._receive(data, _UdpFlow(self, (str(addr[0]), int(addr[1]))))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP socket error: %s", exc)
-
-    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
-        if self._transport is None or self._transport.is_closing():
-            raise TransportError("the UDP socket is closed")
-        try:
-            self._transport.sendto(data, address)
-        except OSError as exc:
-            raise TransportError(str(exc)) from exc
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-
-class _UdpFlow:
-    """A UDP peer address (a ``Flow``)."""
-
-    __slots__ = ("_endpoint", "_remote")
-
-    def __init__(self, endpoint: _UdpEndpoint, remote: tuple[str, int]) -> None:
-        self._endpoint = endpoint
-        self._remote = remote
-
-    @property
-    def transport(self) -> str:
-        return "udp"
-
-    @property
-    def remote(self) -> tuple[str, int]:
-        return self._remote
-
-    @property
-    def reliable(self) -> bool:
-        return False
-
-    def send(self, data: bytes) -> None:
-        self._endpoint.sendto(data, self._remote)
-
-    def to(self, remote: tuple[str, int]) -> _UdpFlow:
-        return _UdpFlow(self._endpoint, remote)
-
-
-class _TcpConnection(asyncio.Protocol):
-    """One TCP connection (a ``Flow``): bounded framing, idle timeout, bounded output."""
-
-    def __init__(self, server: SipServer) -> None:
-        self._server = server
-        self._transport: asyncio.Transport | None = None
-        self._framer = StreamFramer(server.settings.max_message_bytes)
-        self._remote: tuple[str, int] = ("", 0)
-        self._idle: asyncio.TimerHandle | None = None
-        self.local_host = ""
-
-    @property
-    def transport(self) -> str:
-        return "tcp"
-
-    @property
-    def remote(self) -> tuple[str, int]:
-        return self._remote
-
-    @property
-    def reliable(self) -> bool:
-        return True
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self._remote = (str(peer[0]), int(peer[1]))
-        self.local_host = str(transport.get_extra_info("sockname")[0])
-        if not self._server._admit_connection(self):
-            self._transport.abort()
-            return
-        self._arm_idle()
-
-    def data_received(self, data: bytes) -> None:
-        self._arm_idle()
-        try:
-            items = self._framer.feed(data)
-        except MalformedMessageError as exc:
-            self._server._malformed(exc, self)
-            self.close()
-            return
-        for item in items:
-            if self._transport is None or self._transport.is_closing():
-                return
-            if isinstance(item, KeepAlive):
-                self._transport.write(b"\r\n")  # RFC 5626 pong
-            else:
-                self._server._receive(item, self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        self._server._connection_lost(self)
-
-    def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self._server.settings.tcp_idle_s, self._idle_expired)
-
-    def _idle_expired(self) -> None:
-        self._idle = None
-        if self._server._flow_in_use(self):
-            self._arm_idle()
-        else:
-            log.debug("closing idle TCP connection from %s:%d", *self._remote)
-            self.close()
-
-    def send(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            raise TransportError("the TCP connection is closed")
-        if transport.get_write_buffer_size() > MAX_TCP_WRITE_BUFFER:
-            transport.abort()
-            raise TransportError("the TCP peer is not reading")
-        transport.write(data)
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-
-_Flow = _UdpFlow | _TcpConnection
-
-
 @dataclass(eq=False)
 class _PendingCall:
     """An INVITE being answered by the handler (ringing)."""
 
     request: SipRequest
     transaction: InviteServerTransaction
-    flow: _Flow
+    flow: Flow
     local_tag: str
     call: IncomingCall
     task: asyncio.Task[None] | None = None
@@ -432,10 +287,10 @@ class SipServer:
         self._host = _DialogHost(self)
         self._stats = SipStats()
         self._state = _ServerState.NEW
-        self._udp: _UdpEndpoint | None = None
+        self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.Server | None = None
         self._bound: tuple[str, int] | None = None
-        self._connections: set[_TcpConnection] = set()
+        self._connections: set[TcpConnection] = set()
         self._pending: dict[tuple[str, str], _PendingCall] = {}
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -452,11 +307,19 @@ class SipServer:
         attempts = 5 if port == 0 else 1  # an ephemeral UDP port may be taken on TCP
         for attempt in range(attempts):
             udp_transport, endpoint = await loop.create_datagram_endpoint(
-                lambda: _UdpEndpoint(self), local_addr=(host, port)
+                lambda: UdpEndpoint(self), local_addr=(host, port)
             )
             bound_port = int(udp_transport.get_extra_info("sockname")[1])
             try:
-                self._tcp = await loop.create_server(lambda: _TcpConnection(self), host, bound_port)
+                self._tcp = await loop.create_server(
+                    lambda: TcpConnection(
+                        self,
+                        max_message_bytes=self.settings.max_message_bytes,
+                        idle_s=self.settings.tcp_idle_s,
+                    ),
+                    host,
+                    bound_port,
+                )
             except OSError:
                 udp_transport.close()
                 if attempt == attempts - 1:
@@ -558,7 +421,8 @@ class SipServer:
             address = address.ipv4_mapped
         return any(address in network for network in self.settings.allow)
 
-    def _admit_connection(self, connection: _TcpConnection) -> bool:
+    def admit_connection(self, connection: TcpConnection) -> bool:
+        """See ``FlowOwner``: refuse sources outside ``allow`` and past the bound."""
         if self._state is not _ServerState.RUNNING or not self._allowed(connection.remote[0]):
             log.info("refused a TCP connection from %s:%d", *connection.remote)
             return False
@@ -568,38 +432,40 @@ class SipServer:
         self._connections.add(connection)
         return True
 
-    def _connection_lost(self, connection: _TcpConnection) -> None:
+    def connection_lost(self, connection: TcpConnection) -> None:
+        """See ``FlowOwner``."""
         self._connections.discard(connection)
 
-    def _flow_in_use(self, connection: _TcpConnection) -> bool:
+    def flow_in_use(self, connection: TcpConnection) -> bool:
+        """See ``FlowOwner``: a dialog or a ringing call still answers on it."""
         return any(d.flow is connection for d in self._dialogs.values()) or any(
             p.flow is connection for p in self._pending.values()
         )
 
-    def _reply_flow(self, request: SipRequest, flow: _Flow) -> _Flow:
-        if isinstance(flow, _UdpFlow):
+    def _reply_flow(self, request: SipRequest, flow: Flow) -> Flow:
+        if isinstance(flow, UdpFlow):
             return flow.to(response_address(request.top_via, flow.remote))
         return flow
 
-    def _local_host(self, flow: _Flow) -> str:
+    def _local_host(self, flow: Flow) -> str:
         """Our address as the peer should see it (Contact, Via)."""
         host = self.settings.public_ip or self.settings.host
         if _is_unspecified(host):
-            if isinstance(flow, _TcpConnection):
+            if isinstance(flow, TcpConnection):
                 host = flow.local_host
             else:
                 host = _route_source(flow.remote[0])
         return f"[{host}]" if ":" in host else host
 
-    def _contact(self, flow: _Flow) -> str:
+    def _contact(self, flow: Flow) -> str:
         suffix = ";transport=tcp" if flow.reliable else ""
         return f"<sip:{self._local_host(flow)}:{self.bound[1]}{suffix}>"
 
-    def _via(self, flow: _Flow, branch: str) -> Via:
+    def _via(self, flow: Flow, branch: str) -> Via:
         parameters = Parameters(rport=None, branch=branch)
         return Via(flow.transport.upper(), self._local_host(flow), self.bound[1], parameters)
 
-    def _receive(self, data: bytes, flow: _Flow) -> None:
+    def receive(self, data: bytes, flow: Flow) -> None:
         """Every received message (a datagram, or a frame cut from a TCP stream)."""
         if self._state in (_ServerState.NEW, _ServerState.CLOSED):
             return
@@ -610,7 +476,7 @@ class SipServer:
                 data, max_bytes=self.settings.max_message_bytes, stream=flow.reliable
             )
         except MalformedMessageError as exc:
-            self._malformed(exc, flow)
+            self.malformed(exc, flow)
             return
         allowed = self._allowed(flow.remote[0])
         if isinstance(message, SipResponse):
@@ -639,7 +505,8 @@ class SipServer:
             if method != "ACK":
                 self._respond_stateless(message, reply_flow, 500)
 
-    def _malformed(self, exc: MalformedMessageError, flow: _Flow) -> None:
+    def malformed(self, exc: MalformedMessageError, flow: Flow) -> None:
+        """See ``FlowOwner``: 400 when the message names where to answer, else dropped."""
         context = exc.reply_to
         if context is None or not self._allowed(flow.remote[0]):
             self._stats.malformed_dropped += 1
@@ -650,12 +517,12 @@ class SipServer:
         response = make_stateless_response(
             context, exc.code, source=flow.remote, server=self.settings.user_agent
         )
-        target: _Flow = flow
-        if isinstance(flow, _UdpFlow):
+        target: Flow = flow
+        if isinstance(flow, UdpFlow):
             target = flow.to(response_address(context.vias[0], flow.remote))
         self._send_stateless(target, bytes(response), exc.code)
 
-    def _send_stateless(self, flow: _Flow, data: bytes, code: int) -> None:
+    def _send_stateless(self, flow: Flow, data: bytes, code: int) -> None:
         self._count_response(code)
         try:
             flow.send(data)
@@ -668,7 +535,7 @@ class SipServer:
     def _respond_stateless(
         self,
         request: SipRequest,
-        flow: _Flow,
+        flow: Flow,
         code: int,
         headers: Iterable[tuple[str, str]] = (),
     ) -> None:
@@ -708,7 +575,7 @@ class SipServer:
 
     # --- requests -----------------------------------------------------------------
 
-    def _receive_request(self, request: SipRequest, flow: _Flow, reply_flow: _Flow) -> None:
+    def _receive_request(self, request: SipRequest, flow: Flow, reply_flow: Flow) -> None:
         found = self._layer.find_server(request)
         if found is not None:
             if request.method != "ACK":
@@ -784,7 +651,7 @@ class SipServer:
         return len(self._pending) + len(self.dialogs())
 
     def _new_call(
-        self, request: SipRequest, transaction: InviteServerTransaction, flow: _Flow
+        self, request: SipRequest, transaction: InviteServerTransaction, flow: Flow
     ) -> None:
         if self._state is not _ServerState.RUNNING:
             self._respond(transaction, 503)
@@ -936,7 +803,7 @@ class SipServer:
             dialog._release()
 
     def _in_dialog(
-        self, dialog: Dialog, request: SipRequest, transaction: ServerTransaction, flow: _Flow
+        self, dialog: Dialog, request: SipRequest, transaction: ServerTransaction, flow: Flow
     ) -> None:
         if request.cseq.sequence <= dialog.remote_cseq:
             self._respond(transaction, 500, "CSeq Out of Order")
@@ -1028,7 +895,7 @@ class SipServer:
     # --- dialogs' requests --------------------------------------------------------
 
     async def _send_in_dialog(self, dialog: Dialog, outgoing: OutgoingRequest) -> int:
-        flow = cast(_Flow, dialog.flow)
+        flow = cast(Flow, dialog.flow)
         branch = new_branch()
         request = make_request(
             outgoing.method,
