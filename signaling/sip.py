@@ -125,6 +125,9 @@ class SipCalls:
                 on_confirmed=self._confirmed(opened),
                 on_ended=self._ended(opened),
             )
+            # The call owns its transport from now on: however it ends (even before
+            # the ACK: CANCEL, no ACK), closing the call closes the RTP session.
+            opened.link = transport
             answer = build_answer(
                 negotiated,
                 address=self._media_address,

@@ -385,6 +385,29 @@ async def test_cancel_before_answer(make_server: Any) -> None:
     await peer.response(481)
 
 
+async def test_cancel_after_the_answer_keeps_the_dialog_and_its_tag(make_server: Any) -> None:
+    """A CANCEL that crosses the 200: 200 with the dialog's To tag, no 487 (RFC 3261 9.2)."""
+    handler = FakeHandler()
+    server = await make_server(handler)
+    peer = await udp_peer(server)
+    call = Call(peer)
+    call.invite()
+    await ringing(call)
+    await peer.response(200)
+    call.send("CANCEL", to_tag="")  # same branch as the INVITE: it arrived too late
+    ok = await peer.response(200)
+    while ok.cseq.method == "INVITE":  # the 200 to the INVITE is retransmitted until the ACK
+        ok = await peer.response(200)
+    assert ok.cseq.method == "CANCEL"
+    assert ok.to_address.parameters.get("tag") == call.to_tag  # the dialog's, so BYE finds it
+    assert not [m for m in await peer.quiet(0.1) if isinstance(m, Response) and m.code == 487]
+    call.ack()
+    await asyncio.wait_for(handler.events[0].confirmed_event.wait(), WAIT)
+    call.in_dialog("BYE")
+    await peer.response(200)
+    assert handler.events[0].causes == ["bye"]
+
+
 async def test_rejection_is_forwarded(make_server: Any) -> None:
     handler = FakeHandler(reject=SipRejection(486, "Busy Here", {"Retry-After": "5"}))
     server = await make_server(handler)

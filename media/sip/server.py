@@ -638,6 +638,17 @@ class SipServer:
         if pending is not None and pending.transaction is not invite:
             pending = None
         to_tag = pending.local_tag if pending is not None else None
+        if to_tag is None:
+            # answered already: the CANCEL's 200 carries the dialog's tag (RFC 3261 9.2),
+            # so a BYE the caller then sends with it finds the dialog
+            to_tag = next(
+                (
+                    d.local_tag
+                    for d in self._dialogs.values()
+                    if d.call_id == cancel.call_id and d.remote_tag == cancel.from_tag
+                ),
+                None,
+            )
         self._respond(transaction, 200, to_tag=to_tag)
         if invite.state is not TransactionState.PROCEEDING:
             return  # already answered: the CANCEL has no effect (RFC 3261 9.2)
@@ -740,6 +751,15 @@ class SipServer:
         outcome = None if handler_task.cancelled() else handler_task.exception()
         if pending.cancelled or transaction.state is not TransactionState.PROCEEDING:
             log.info("INVITE call=%s: cancelled by the caller", ref)
+            if outcome is None and not handler_task.cancelled():
+                # The handler had already answered when the CANCEL was read: its call is
+                # never accepted, so its listener must hear that it ended.
+                acceptance = handler_task.result()
+                if isinstance(acceptance, Acceptance):
+                    try:
+                        acceptance.events.ended("cancel")
+                    except Exception:
+                        log.exception("INVITE call=%s: the listener failed", ref)
             return
         if timed_out:
             self._respond(transaction, 480, "No Answer", to_tag=pending.local_tag)
