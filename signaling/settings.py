@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class IceServer(BaseModel):
@@ -58,7 +60,9 @@ class ServerSettings(BaseSettings):
     """SIP on UDP and TCP at ``HOST:PORT`` (``[v6]:PORT`` for IPv6); ``off`` disables it."""
     sip_public_ip: str | None = None
     """The address put in SDP and Contact when the server sits behind NAT."""
-    sip_allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    sip_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
     """Source networks (CIDRs) SIP requests are accepted from (JSON list, or comma-separated)."""
     sip_users: SecretStr | None = None
     """Digest users allowed to call, ``user:password,user2:password2``; unset: no digest auth."""
@@ -69,12 +73,21 @@ class ServerSettings(BaseSettings):
     sip_no_rtp_timeout_s: float = Field(30.0, gt=0)
     """A SIP call whose caller sent no RTP for this long is hung up."""
 
+    sip_echo_cancel: bool = True
+    """Cancel the echo of phone callers on a speakerphone (WebRTC's canceller). Measured
+    trade-off: with it, a caller on a handset (no echo) is heard less well while the agent
+    talks, so barge-in is slower and sometimes missed; without it, a speakerphone's echo
+    makes the agent interrupt itself. See bench/results for the figures."""
+
     @field_validator("sip_allow", mode="before")
     @classmethod
     def _comma_separated_networks(cls, value: object) -> object:
         """Accept ``PARLEY_SIP_ALLOW=10.0.0.0/8,192.168.1.0/24`` as well as a JSON list."""
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     def sip_endpoint(self) -> tuple[str, int] | None:

@@ -124,6 +124,7 @@ class SipCalls:
                 session_id=session_id,
                 on_confirmed=self._confirmed(opened),
                 on_ended=self._ended(opened),
+                echo_cancel=self._st.settings.sip_echo_cancel,
             )
             # The call owns its transport from now on: however it ends (even before
             # the ACK: CANCEL, no ACK), closing the call closes the RTP session.

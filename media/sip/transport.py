@@ -40,8 +40,6 @@ class SipTransport:
     EndCallback = Callable[[str], None]
 
     kind = "sip"
-    echo_cancel = True
-    """Phone callers on a speakerphone return the agent's voice: cancel it."""
 
     def __init__(
         self,
@@ -52,11 +50,14 @@ class SipTransport:
         session_id: int,
         on_confirmed: Callback,
         on_ended: EndCallback,
+        echo_cancel: bool = True,
     ) -> None:
         """``on_confirmed`` runs when the caller's ACK arrives (start the call);
         ``on_ended`` when the dialog ends from the caller's side (end the call)."""
         self.call = call
         self.rtp = rtp
+        self.echo_cancel = echo_cancel
+        """Phone callers on a speakerphone return the agent's voice: the bridge cancels it."""
         self._answer_address = answer_address
         self._session_id = session_id
         self._version = 1
