@@ -2,13 +2,16 @@
 
 ::
 
-    .venv/bin/python -m bench.wire [--scenarios v2v,turns,bargein,concurrency,soak,install]
+    .venv/bin/python -m bench.wire [--scenarios v2v,turns,bargein,concurrency,soak,install,sip]
         [--quick] [--config agent.yaml] [--set turn.end_of_turn_silence_ms=450 ...]
         [--profile] [--out bench/results] [--tag TAG] [--compare earlier.json]
 
 The server runs as a subprocess (``python -m signaling``) on a free
 127.0.0.1 port; the barge-in scenario gets a second server whose agent
-greets each call with a long canned reply. Results: ``<out>/<date>[-tag].json``,
+greets each call with a long canned reply. The ``sip`` scenario starts its
+own servers with SIP and RTP on free loopback ports (the plain agent for
+PCMU, again for G.722, and the greeter) and calls them with
+``bench.wire.sip_phone``. Results: ``<out>/<date>[-tag].json``,
 ``<out>/<date>[-tag].md`` and ``<out>/<date>[-tag]-*.png``. Server logs and
 the raw profile go to a temporary work directory named in the JSON.
 """
@@ -36,7 +39,7 @@ import yaml
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
 from bench.wire import report
 from bench.wire.profiler import Profiler
-from bench.wire.scenarios import bargein, concurrency, install, soak, turns, v2v
+from bench.wire.scenarios import bargein, concurrency, install, sip, soak, turns, v2v
 from bench.wire.scenarios.common import BenchContext, log
 from bench.wire.scenarios.concurrency import Level
 from bench.wire.server import Monitor, ServerProcess, read_proc
@@ -52,7 +55,7 @@ from bench.wire.speech import (
     voices,
 )
 
-SCENARIOS = ("v2v", "turns", "bargein", "concurrency", "soak", "install")
+SCENARIOS = ("v2v", "turns", "bargein", "concurrency", "soak", "install", "sip")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -69,6 +72,11 @@ class Plan:
     levels: tuple[Level, ...]
     soak_calls: int
     install_timeout_s: float
+    sip_g722_questions: int
+    """SIP calls over G.722 (the PCMU row asks as many questions as v2v)."""
+    sip_echo_trials: int
+    sip_echo_listen_s: float
+    """Greeting heard over the echo before each echo trial's barge-in."""
 
     @classmethod
     def make(cls, quick: bool, levels: list[int], level_s: float | None, soak: int | None) -> Plan:
@@ -85,6 +93,9 @@ class Plan:
                 levels=tuple(Level(n, secs, 15.0) for n in levels or [1, 2]),
                 soak_calls=soak or 5,
                 install_timeout_s=0.0,
+                sip_g722_questions=1,
+                sip_echo_trials=1,
+                sip_echo_listen_s=10.0,
             )
         secs = level_s or 60.0
         return cls(
@@ -97,6 +108,9 @@ class Plan:
             levels=tuple(Level(n, secs, 25.0) for n in levels or [1, 2, 4, 8, 16]),
             soak_calls=soak or 100,
             install_timeout_s=1500.0,
+            sip_g722_questions=5,
+            sip_echo_trials=3,
+            sip_echo_listen_s=20.0,
         )
 
 
@@ -214,17 +228,25 @@ def _knobs(config: AgentConfig) -> dict[str, Any]:
 
 
 async def _guard(
-    name: str, results: dict[str, Any], budget_s: float, make: Callable[[], Awaitable[Any]]
+    name: str,
+    results: dict[str, Any],
+    budget_s: float,
+    make: Callable[[], Awaitable[Any]],
+    key: str | None = None,
 ) -> None:
-    """Run one scenario with a time bound; failures are recorded, not raised."""
+    """Run one scenario with a time bound; failures are recorded, not raised.
+
+    The outcome goes to ``results[key or name]``.
+    """
+    key = key or name
     log(f"scenario {name}: start (bound {budget_s:.0f} s)")
     t0 = time.monotonic()
     try:
-        results[name] = await asyncio.wait_for(make(), budget_s)
+        results[key] = await asyncio.wait_for(make(), budget_s)
     except TimeoutError:
-        results[name] = {"error": f"timed out after {budget_s:.0f} s"}
+        results[key] = {"error": f"timed out after {budget_s:.0f} s"}
     except Exception as exc:  # a failing scenario must not lose the others' figures
-        results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        results[key] = {"error": f"{type(exc).__name__}: {exc}"}
     log(f"scenario {name}: done in {time.monotonic() - t0:.0f} s")
 
 
@@ -267,6 +289,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "bargein" in chosen:
         greeter = agent_config(config_path, [], work, {"greeting": GREETING})
         await _with_server(doc, "bargein", greeter, config, names, args, plan, work)
+    if "sip" in chosen:
+        results["sip"] = {"v2v": {}}
+        await _with_server(doc, "sip", config_path, config, names, args, plan, work)
+        if plan.sip_g722_questions > 0:  # a fresh server: no TTS phrase cached by the PCMU row
+            await _with_server(doc, "sip-g722", config_path, config, names, args, plan, work)
+        greeter = agent_config(config_path, [], work, {"greeting": GREETING})
+        await _with_server(doc, "sip-greeter", greeter, config, names, args, plan, work)
     if "install" in chosen and plan.install_timeout_s > 0:
         await _guard(
             "install",
@@ -291,7 +320,9 @@ async def _with_server(
 ) -> None:
     chosen = doc["scenarios_run"]
     results: dict[str, Any] = doc["scenarios"]
-    server = ServerProcess(config=config_path, log_path=work / f"server-{role}.log")
+    server = ServerProcess(
+        config=config_path, log_path=work / f"server-{role}.log", sip=role.startswith("sip")
+    )
     log(f"starting the {role} server on {server.base_url}")
     ready = await server.start()
     log(f"{role} server ready in {ready:.2f} s")
@@ -306,6 +337,9 @@ async def _with_server(
             Monitor(server.pid) as monitor,
         ):
             ctx = BenchContext(server, client, monitor, config, names, args.quick)
+            if role.startswith("sip"):
+                await _sip(ctx, role, results["sip"], plan)
+                return
             if role == "bargein":
                 await _guard(
                     "bargein",
@@ -355,6 +389,36 @@ async def _with_server(
         doc["servers"][role]["log"] = str(server.log_path)
 
 
+async def _sip(ctx: BenchContext, role: str, results: dict[str, Any], plan: Plan) -> None:
+    """The SIP scenario's parts: v2v on the plain servers, barge-in and echo on the greeter."""
+    if role in ("sip", "sip-g722"):
+        codec = "PCMU" if role == "sip" else "G722"
+        # the PCMU row asks as many questions as v2v
+        n = plan.v2v_calls * plan.v2v_turns_per_call if role == "sip" else plan.sip_g722_questions
+        await _guard(
+            f"sip v2v {codec}",
+            results["v2v"],
+            60.0 * n + 60,
+            lambda: sip.run_v2v(ctx, codec, n),
+            key=codec,
+        )
+        return
+    await _guard(
+        "sip bargein",
+        results,
+        45.0 * plan.interruptions + 60,
+        lambda: sip.run_bargein(ctx, plan.interruptions),
+        key="bargein",
+    )
+    await _guard(
+        "sip echo",
+        results,
+        (plan.sip_echo_listen_s + 45.0) * plan.sip_echo_trials + 60,
+        lambda: sip.run_echo(ctx, plan.sip_echo_trials, plan.sip_echo_listen_s),
+        key="echo",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (1 if a scenario failed)."""
     args = parse_args(argv)
@@ -366,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         print(path)
     failed = [k for k, v in doc["scenarios"].items() if isinstance(v, dict) and "error" in v]
+    sip_parts = dict(doc["scenarios"].get("sip", {}))
+    sip_parts.update({f"v2v {k}": v for k, v in sip_parts.pop("v2v", {}).items()})
+    failed += [f"sip {k}" for k, v in sip_parts.items() if isinstance(v, dict) and "error" in v]
     if failed:
         print(f"scenarios with errors: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -95,6 +95,7 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
             )
     elif e := _err(sc, "bargein"):
         rows.append(("barge-in", f"error: {e}"))
+    rows += _sip_figures(sc.get("sip"))
     if (t := sc.get("turns")) and "cut_off" in t:
         pauses = sorted(x["pause_ms"] for x in t["trials"])
         rows.append(
@@ -150,6 +151,185 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
         if "error" in i:
             rows.append(("install", f"error: {i['error']}"))
     return rows
+
+
+SIP_CODECS = (("PCMU", "SIP PCMU"), ("G722", "SIP G.722"))
+
+
+def _sip_figures(sip: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Headline rows of the SIP scenario (phone calls over SIP/RTP)."""
+    if not sip:
+        return []
+    if "error" in sip:
+        return [("SIP", f"error: {sip['error']}")]
+    rows: list[tuple[str, str]] = []
+    v = sip.get("v2v", {})
+    for codec, label in SIP_CODECS:
+        r = v.get(codec)
+        if not r:
+            continue
+        if "error" in r:
+            rows.append((f"{label} voice-to-voice", f"error: {r['error']}"))
+            continue
+        rows.append(
+            (
+                f"{label} voice-to-voice ({r['questions']} questions, {len(r['voices'])} "
+                "voices, one call each): min / median / p90 / p99 / max",
+                _dist(r["v2v_ms"]),
+            )
+        )
+        setup, rtp = r.get("setup_ms", {}), r.get("rtp", {})
+        rows.append(
+            (
+                "  unanswered; replies heard out; calls ended by the phone's BYE",
+                f"{r['unanswered']}; {r['completed']}/{len(r['turns'])}; "
+                f"{r['ended_by_bye']}/{len(r['turns'])}",
+            )
+        )
+        rows.append(
+            (
+                "  INVITE -> 200 OK (median / max); agent RTP lost / reordered; "
+                "largest arrival gap",
+                f"{_fmt(setup.get('median'))} / {_fmt(setup.get('max'))} ms; "
+                f"{rtp.get('lost')} / {rtp.get('reordered')} of {rtp.get('received')}; "
+                f"{_fmt(rtp.get('max_gap_ms'))} ms",
+            )
+        )
+        rows.append(
+            (
+                "  underruns in replies",
+                f"{r.get('underruns')} ({r.get('underrun_ms')} ms over {r.get('reply_audio_s')} s)",
+            )
+        )
+    b = sip.get("bargein", {})
+    if "stop_ms" in b:
+        rows.append(
+            (
+                f"SIP barge-in ({b.get('codec')}): caller onset -> agent RTP silent >= "
+                f"{STOP_HOLD_S:.0f} s: min / median / p90 / p99 / max",
+                _dist(b["stop_ms"]),
+            )
+        )
+        rows.append(
+            (
+                "  interruptions that did not stop the agent; confirmed by the server",
+                f"{_fmt(b.get('not_stopped'))}; {_fmt(b.get('confirmed'))}/"
+                f"{len(b.get('interruptions', []))}",
+            )
+        )
+    elif "error" in b:
+        rows.append(("SIP barge-in", f"error: {b['error']}"))
+    e = sip.get("echo", {})
+    if "trials" in e:
+        echo = e.get("echo", {})
+        rows.append(
+            (
+                f"SIP echo ({_fmt(echo.get('gain_db'))} dB, {_fmt(echo.get('delay_ms'))} ms): "
+                f"self-interruptions over {e['greeting_heard_s']} s of greeting in "
+                f"{len(e['trials'])} calls (confirmed; paused and resumed; greeting stopped)",
+                f"{_fmt(e.get('self_interruptions'))}; {_fmt(e.get('self_pauses'))}; "
+                f"{e.get('stopped_itself')}/{len(e['trials'])}; longest silence "
+                f"{_fmt(e.get('longest_silence_ms'))} ms",
+            )
+        )
+        eb = e.get("barge_in", {})
+        rows.append(
+            (
+                "  barge-in over the echo: stop min / median / p90 / p99 / max; not stopped; "
+                "left out (the agent had already stopped itself / was silent)",
+                f"{_dist(eb.get('stop_ms'))}; {eb.get('not_stopped')}; "
+                f"{eb.get('after_self_stop')} / {eb.get('agent_not_speaking')}",
+            )
+        )
+    elif "error" in e:
+        rows.append(("SIP echo", f"error: {e['error']}"))
+    return rows
+
+
+def _four(s: dict[str, Any] | None) -> str:
+    """'min / median / p90 / max (n)' of a summary."""
+    if not s:
+        return "-"
+    keys = ("min", "median", "p90", "max")
+    return " / ".join(_fmt(s.get(k)) for k in keys) + f" (n={s.get('n')})"
+
+
+def _side_by_side(sc: dict[str, Any]) -> list[str]:
+    """The SIP rows next to the WebRTC rows (``-``: not run)."""
+    sip = sc.get("sip") or {}
+    codecs = sip.get("v2v") or {}
+    web = sc.get("v2v") or {}
+    wb = sc.get("bargein") or {}
+    sb = sip.get("bargein") or {}
+    echo = sip.get("echo") or {}
+    cols = [web, *(codecs.get(c) or {} for c, _ in SIP_CODECS)]
+
+    def stage(r: dict[str, Any], key: str) -> str:
+        st = (r.get("stages") or {}).get(key) or {}
+        return f"{_fmt(st.get('median'))} / {_fmt(st.get('p90'))}" if st else "-"
+
+    rows: list[list[Any]] = [
+        ["voice-to-voice ms: min / median / p90 / max (n)", *(_four(r.get("v2v_ms")) for r in cols)]
+    ]
+    rows += [
+        [f"  {label} ms (median / p90)", *(stage(r, key) for r in cols)] for key, label in STAGES
+    ]
+    rows.append(["  unanswered", *(r.get("unanswered", "-") for r in cols)])
+    rows.append(
+        [
+            "  underruns in replies (ms)",
+            *(
+                f"{r['underruns']} ({r.get('underrun_ms')})" if "underruns" in r else "-"
+                for r in cols
+            ),
+        ]
+    )
+    rows.append(
+        [
+            f"barge-in: onset -> silent >= {STOP_HOLD_S:.0f} s, ms: min / median / p90 / max (n)",
+            _four(wb.get("stop_ms")),
+            _four(sb.get("stop_ms")),
+            "-",
+        ]
+    )
+    rows.append(
+        [
+            "  interruptions that did not stop the agent",
+            wb.get("not_stopped", "-"),
+            sb.get("not_stopped", "-"),
+            "-",
+        ]
+    )
+    rows.append(
+        [
+            "echo -15 dB / 80 ms: self-interruptions (confirmed; paused)",
+            "- (the browser cancels its own echo)",
+            f"{_fmt(echo.get('self_interruptions'))}; {_fmt(echo.get('self_pauses'))}"
+            if "trials" in echo
+            else "-",
+            "-",
+        ]
+    )
+    rows.append(
+        [
+            "  barge-in over the echo, ms: min / median / p90 / max (n)",
+            "-",
+            _four((echo.get("barge_in") or {}).get("stop_ms")) if "trials" in echo else "-",
+            "-",
+        ]
+    )
+    lines = [
+        "## SIP and WebRTC side by side",
+        "",
+        "The same questions and caller voices; the WebRTC caller asks "
+        f"{web.get('questions', '-')} questions over calls of several turns, the phone one "
+        "question per SIP call (G.722 on a fresh server, so the TTS phrase cache holds none "
+        "of the PCMU row's replies). Barge-in and echo run on the server whose agent greets "
+        "with the long canned reply; the phone's barge-in and echo use PCMU.",
+        "",
+    ]
+    lines += _table(("figure", "WebRTC (Opus)", "SIP PCMU", "SIP G.722"), rows)
+    return [*lines, ""]
 
 
 def _compare(doc: dict[str, Any], before: dict[str, Any]) -> list[str]:
@@ -211,6 +391,8 @@ def markdown(
     lines.append("")
     if doc["quick"] and "install" in doc["scenarios_run"]:
         lines += ["The install scenario is skipped in a quick run.", ""]
+    if doc["scenarios"].get("sip"):
+        lines += _side_by_side(doc["scenarios"])
     c = doc["scenarios"].get("concurrency", {})
     if c.get("levels"):
         lines += ["## Concurrency", ""]
@@ -359,6 +541,16 @@ def markdown(
         "- Turn cut off early: a final transcript or the THINKING state arrived before the "
         "second half of the question was spoken, or the question produced two final "
         "transcripts.",
+        "- SIP: the phone (`bench/wire/sip_phone.py`) calls the server's SIP port on "
+        "loopback UDP and streams RTP in real time (20 ms packets, PCMU at 8 kHz or G.722 at "
+        "16 kHz); voice-to-voice and barge-in are measured on the RTP it receives with the "
+        "same definitions (no jitter buffer on the phone: packets are analysed as they "
+        "arrive). Its stages come from the session's stored per-turn latencies (read with "
+        "the admin token). Echo: the phone returns the agent's decoded audio, laid out on "
+        "its RTP timeline, 15 dB down and 80 ms late; self-interruptions are the server's "
+        "`parley_barge_ins_total` (confirmed) and `parley_false_interruptions_total` "
+        "(paused and resumed) over the greeting before the phone speaks. With G.722 a "
+        "starved playout does not decode to exact zeros, so only stalls count as underruns.",
         f"- Underrun: a gap of at least {UNDERRUN_MIN_S * 1000:.0f} ms inside a reply (first to "
         "last loud frame) that is not a natural pause: 'starved' = received frames of digital "
         "silence (the server's playout had no audio; Piper's own pauses are never exact "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,6 +34,44 @@ def free_port() -> int:
         s.bind((HOST, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_sip_port(avoid: int = 0) -> int:
+    """A loopback port free for both TCP and UDP (SIP listens on both), not ``avoid``."""
+    for _ in range(50):
+        port = free_port()
+        if port == avoid:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise ServerError("no loopback port free for SIP")
+
+
+RTP_SPAN = 200
+"""Ports of a benchmark server's RTP range (one call at a time needs two)."""
+
+
+def free_rtp_range(span: int = RTP_SPAN) -> tuple[int, int]:
+    """A range of loopback UDP ports away from the defaults (10000-20000) and the tests'.
+
+    Picked at random in 40000-59999 and probed at its first ports, so two
+    benchmark servers (or a benchmark beside the tests) rarely share one;
+    the server skips a taken port of its range anyway.
+    """
+    for _ in range(50):
+        low = 40_000 + 2 * secrets.randbelow((20_000 - span) // 2)
+        try:
+            for port in range(low, low + 4):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind((HOST, port))
+        except OSError:
+            continue
+        return low, low + span - 1
+    raise ServerError("no free RTP port range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +151,13 @@ class ServerError(RuntimeError):
 
 
 class ServerProcess:
-    """``python -m signaling`` on a free loopback port."""
+    """``python -m signaling`` on a free loopback port.
+
+    With ``sip=True`` it also takes phone calls: SIP (UDP and TCP) on another
+    free loopback port (``sip_address``), RTP on a range of its own
+    (``rtp_ports``), and an admin token (``admin_token``) to read the SIP
+    calls' sessions and histories, which have no caller token.
+    """
 
     def __init__(
         self,
@@ -123,6 +168,7 @@ class ServerProcess:
         idle_timeout_s: float = 300.0,
         python: str = sys.executable,
         cwd: Path | None = None,
+        sip: bool = False,
     ) -> None:
         self.config = config
         self.log_path = log_path
@@ -135,6 +181,16 @@ class ServerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.ready_s: float | None = None
         self.health: dict[str, object] = {}
+        self.sip_port = free_sip_port(avoid=self.port) if sip else None
+        self.rtp_ports = free_rtp_range() if sip else None
+        self.admin_token = secrets.token_urlsafe(24) if sip else None
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        """Where the server takes SIP calls (``sip=True`` only)."""
+        if self.sip_port is None:
+            raise ServerError("server started without SIP")
+        return HOST, self.sip_port
 
     @property
     def pid(self) -> int:
@@ -160,6 +216,12 @@ class ServerProcess:
         env.setdefault("PARLEY_DATA_DIR", str(self.log_path.parent / f"data-{self.port}"))
         # Several servers run at once: SIP only where a scenario asks for it (its own port).
         env.setdefault("PARLEY_SIP_LISTEN", "off")
+        if self.sip_port is not None and self.rtp_ports is not None and self.admin_token:
+            env["PARLEY_SIP_LISTEN"] = f"{HOST}:{self.sip_port}"
+            env["PARLEY_RTP_PORTS"] = f"{self.rtp_ports[0]}-{self.rtp_ports[1]}"
+            env["PARLEY_SIP_ALLOW"] = '["127.0.0.0/8"]'  # JSON: a list setting
+            env["PARLEY_ADMIN_TOKEN"] = self.admin_token
+            env.pop("PARLEY_SIP_USERS", None)  # the benchmark's phone does no digest auth
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         with self.log_path.open("ab") as log:
