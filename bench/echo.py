@@ -90,7 +90,7 @@ class BlockCanceller:
         return AudioFrame(np.concatenate(parts) if parts else near[:0], ECHO_RATE)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the Speex state is freed with this object."""
 
 
 def speex_canceller() -> EchoCanceller:
@@ -143,7 +143,7 @@ class PassThrough:
         return mic
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
 
 
 CANDIDATES: dict[str, Callable[[], EchoCanceller]] = {

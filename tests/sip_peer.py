@@ -74,7 +74,7 @@ class Peer:
         self.send(f"SIP/2.0 {code} {phrase}\r\n{headers}Content-Length: 0\r\n\r\n")
 
     def close(self) -> None:
-        pass
+        """Release the socket (the UDP and TCP peers override this)."""
 
 
 class UdpPeer(Peer, asyncio.DatagramProtocol):

@@ -47,6 +47,7 @@ RTCP is not implemented (port + 1 is not bound); trunks do not require it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -495,11 +496,9 @@ class RtpSession:
                 if deadline is None:
                     await self._wake.wait()
                     continue
-                try:
+                with contextlib.suppress(TimeoutError):  # the deadline passed: look again
                     async with asyncio.timeout(max(0.0, deadline - self._clock())):
                         await self._wake.wait()
-                except TimeoutError:
-                    pass
         except Exception:
             log.exception("rtp: timer task failed")
             self._end(EndReason.ERROR)
