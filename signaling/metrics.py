@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.events import AgentEvent, InterruptionEvent, MetricsEvent
+from media.sip.server import SipStats
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
@@ -55,9 +55,7 @@ RTP_COUNTERS = ("packets_received", "packets_sent", "lost", "late", "concealed",
 class _SipCollector(Collector):
     """Reads the SIP server's and the RTP sessions' counters at scrape time."""
 
-    def __init__(
-        self, sip: Callable[[], SipStatsView], rtp: Callable[[], Mapping[str, int]]
-    ) -> None:
+    def __init__(self, sip: Callable[[], SipStats], rtp: Callable[[], Mapping[str, int]]) -> None:
         self._sip = sip
         self._rtp = rtp
 
@@ -90,19 +88,6 @@ class _SipCollector(Collector):
         yield packets
 
 
-class SipStatsView(Protocol):
-    """What the metrics read of the SIP server's counters (``media.sip.server.SipStats``)."""
-
-    @property
-    def responses_sent(self) -> Mapping[int, int]: ...
-    @property
-    def requests_received(self) -> Mapping[str, int]: ...
-    @property
-    def malformed_dropped(self) -> int: ...
-    @property
-    def malformed_answered(self) -> int: ...
-
-
 class ServerMetrics:
     """The server's metrics in their own registry (safe with several apps per process)."""
 
@@ -131,9 +116,7 @@ class ServerMetrics:
             "parley_tts_first_audio_seconds", "TTS time from first text chunk to first audio"
         )
 
-    def watch_sip(
-        self, sip: Callable[[], SipStatsView], rtp: Callable[[], Mapping[str, int]]
-    ) -> None:
+    def watch_sip(self, sip: Callable[[], SipStats], rtp: Callable[[], Mapping[str, int]]) -> None:
         """Export SIP responses by code and RTP packet counters (lost, late...)."""
         self.registry.register(_SipCollector(sip, rtp))
 

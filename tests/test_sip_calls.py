@@ -200,6 +200,12 @@ async def test_a_phone_call_question_answer_digits_and_bye(app: FastAPI) -> None
     finally:
         hang_up(phone)
     assert call.end_reason == "caller hung up (BYE)"
+    exposition = st.metrics.render().decode()
+    assert 'parley_calls_total{transport="sip"} 1.0' in exposition
+    assert 'parley_sip_responses_total{code="200"}' in exposition
+    assert 'parley_sip_requests_total{method="INVITE"} 1.0' in exposition
+    received = re.search(r'parley_rtp_packets_total\{kind="packets_received"\} (\d+)', exposition)
+    assert received is not None and int(received[1]) > 50  # the question's packets
     assert await st.store.writer.flush()
     row = await st.store.sessions.get(call.session.id)
     assert row is not None and row.transport == "sip" and row.end_reason == call.end_reason
