@@ -81,6 +81,10 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 EVENT_QUEUE_SIZE = 512
 """Outbound event queue bound; the oldest event is dropped past it."""
 
+BARGE_IN = "barge-in"
+HOLD = "hold"
+"""Why the agent's playout is paused (each holder releases only its own reason)."""
+
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 """Keys of a phone keypad (RFC 4733 events 0-15)."""
 
@@ -300,9 +304,9 @@ class VoiceSession:
         self._listener.muted = on_hold
         self._emit(HoldEvent(on_hold=on_hold))
         if on_hold:
-            self.playout.pause()
-        elif not self._barge.paused:
-            self.playout.resume()
+            self.playout.pause(HOLD)
+        else:
+            self.playout.resume(HOLD)
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         """Events as they happen, until the session closes."""
@@ -425,13 +429,12 @@ class VoiceSession:
         for action in actions:
             reply = self._reply
             if action is BargeInAction.PAUSE:
-                self.playout.pause()
+                self.playout.pause(BARGE_IN)
                 self._listener.urgent_partials = True
                 if reply is not None:
                     self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=action.value))
             elif action is BargeInAction.RESUME:
-                if not self._on_hold:
-                    self.playout.resume()
+                self.playout.resume(BARGE_IN)
                 self._listener.urgent_partials = False
                 if reply is not None and not reply.done:
                     self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=action.value))
@@ -517,8 +520,7 @@ class VoiceSession:
             self._reply = None
             self._barge.reply_ended()
             self._listener.urgent_partials = False
-            if self.playout.paused and not self._on_hold:
-                self.playout.resume()
+            self.playout.resume(BARGE_IN)
             if self._state in (SessionState.THINKING, SessionState.SPEAKING):
                 self._set_state(SessionState.LISTENING)
 

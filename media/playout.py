@@ -172,7 +172,7 @@ class PlayoutBuffer:
         self._retired: OrderedDict[str, None] = OrderedDict()
         self._room = asyncio.Event()
         self._room.set()
-        self._paused = False
+        self._pauses: set[str] = set()
         self._position = 0  # samples pulled since creation (stream clock)
         self._tap: ReferenceTap | None = None
 
@@ -242,7 +242,7 @@ class PlayoutBuffer:
         """
         out = np.zeros(self.frame_samples, np.int16)
         filled = 0
-        if not self._paused:
+        if not self._pauses:
             while filled < self.frame_samples and self._chunks:
                 chunk = self._chunks[0]
                 take = min(self.frame_samples - filled, chunk.pcm.size - chunk.offset)
@@ -303,15 +303,19 @@ class PlayoutBuffer:
     @property
     def paused(self) -> bool:
         """Whether pulls currently yield silence without consuming audio."""
-        return self._paused
+        return bool(self._pauses)
 
-    def pause(self) -> None:
-        """Output silence without consuming queued audio (barge-in candidate)."""
-        self._paused = True
+    def pause(self, reason: str = "paused") -> None:
+        """Output silence without consuming queued audio, until ``resume(reason)``.
 
-    def resume(self) -> None:
-        """Continue from exactly where ``pause`` stopped."""
-        self._paused = False
+        Pauses have reasons ("barge-in", "hold"...): the output stays paused
+        while any reason holds, so each holder releases only its own.
+        """
+        self._pauses.add(reason)
+
+    def resume(self, reason: str = "paused") -> None:
+        """Release one reason; with none left, output continues where it stopped."""
+        self._pauses.discard(reason)
 
     def clear(self, utterance_id: str | None = None) -> None:
         """Drop queued audio at once (of one utterance, or of all)."""
@@ -322,7 +326,6 @@ class PlayoutBuffer:
         )
         self._queued = sum(c.pcm.size - c.offset for c in kept)
         self._chunks = kept
-        self._paused = False
         self._room.set()
         for uid, utt in self._utterances.items():
             if utterance_id is None or uid == utterance_id:

@@ -163,6 +163,22 @@ async def test_playout_backpressure_pause_resume_and_done() -> None:
     assert buf.first_audio_at("u") is not None
 
 
+def test_pauses_have_reasons_and_clear_keeps_them() -> None:
+    buf = PlayoutBuffer(16000)
+    seg = buf.open_segment("u", "x")
+    buf._enqueue(seg, np.ones(3200, np.int16))
+    buf.pause("barge-in")
+    buf.pause("hold")
+    buf.resume("barge-in")
+    assert buf.paused and not buf.pull()[1]  # still on hold
+    buf.clear("u")
+    assert buf.paused  # dropping audio does not take the call off hold
+    buf.resume("hold")
+    assert not buf.paused
+    buf.resume("never-paused")  # releasing a reason that is not held changes nothing
+    assert not buf.paused
+
+
 class VirtualClock:
     """A clock that only moves when a pacer sleeps or a test says so."""
 

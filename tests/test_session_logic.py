@@ -427,3 +427,24 @@ async def test_hold_pauses_the_agent_and_ignores_music_on_hold() -> None:
     assert not reply.interrupted
     holds = [e.on_hold for e in events.all if isinstance(e, HoldEvent)]
     assert holds == [True, False]
+
+
+async def test_a_false_interruption_during_hold_does_not_restart_the_agent() -> None:
+    stt = FakeSTT([""])  # a cough: no words
+    llm = ScriptedLLM(["Our opening hours are nine to five on weekdays and ten to two."])
+    events = Events()
+    session = VoiceSession(config(), fake_models(stt=stt, llm=llm), sinks=[events])
+    async with session:
+        await session.send_text("hours?")
+        await feed(session, silence(0.4))
+        await feed(session, tone(0.3))  # the cough pauses the agent...
+        assert events.phases() == ["paused"]
+        session.set_hold(True)  # ...and the caller puts the call on hold meanwhile
+        held = await feed(session, silence(2.5))  # the false interruption resolves on hold
+        assert events.phases() == ["paused", "resumed"]
+        assert np.abs(held).max() == 0  # on hold, the agent stays silent all the same
+        session.set_hold(False)
+        after = await feed(session, silence(3.0))
+    assert np.abs(after).max() > 1000
+    [reply] = events.replies()
+    assert not reply.interrupted
