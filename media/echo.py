@@ -319,9 +319,21 @@ class EchoFilter:
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         """The caller's frame (16 kHz mono) with the echo of the agent removed."""
+        return self.cancel(frame, self.reference(frame))
+
+    def reference(self, frame: AudioFrame) -> PCM | None:
+        """The agent's audio paired with ``frame`` (None while it is quiet).
+
+        Reads the playout's tap, so it runs where the playout is pulled: on
+        the event loop. ``cancel`` may then run on a worker thread.
+        """
         _check_mic(frame)
-        reference = self._reference.take(frame.samples.size)
         self.frames += 1
+        return self._reference.take(frame.samples.size)
+
+    def cancel(self, frame: AudioFrame, reference: PCM | None) -> AudioFrame:
+        """Remove ``reference``'s echo from ``frame`` (CPU work: thread-safe per call,
+        as long as one call's frames are cancelled one after the other)."""
         if reference is not None:
             self.cancelled += 1
         return self._canceller.process(frame, reference)
