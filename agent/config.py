@@ -143,6 +143,10 @@ class InterruptionConfig(_Section):
         "er",
     )
     """Backchannels and hesitations: they neither confirm an interruption nor make a turn."""
+    echo_guard: Literal["auto", "on", "off"] = "auto"
+    """Words the agent itself just spoke neither confirm an interruption nor make a turn
+    (its voice played back by the caller's line; ``agent.echo_guard``). ``auto``: on for
+    calls whose transport says the caller may play the agent back (SIP)."""
 
     def to_settings(self) -> InterruptionSettings:
         """Hot-path settings of the barge-in controller."""

@@ -12,6 +12,10 @@ Phases:
   paused (``PAUSE``) until words confirm the interruption (``CONFIRM``: the
   reply is cancelled) or the speech turns out to be noise (``RESUME``: a
   false interruption, the reply goes on where it paused)
+- ``ECHO``      a transcript of the current speech held only the agent's own
+  words (its voice played back by the caller's line, see
+  ``agent.echo_guard``): the reply goes on, and until this speech ends only
+  words of the caller's own can interrupt it (no speech timer)
 
 Rules:
 - speech held ``min_speech_ms`` over an active reply pauses it; with
@@ -22,6 +26,7 @@ Rules:
   with no content words, resumes a paused reply
 - a pause with no words ``false_interruption_timeout_ms`` after the speech
   stopped resumes the reply
+- a transcript that only echoes the agent resumes a paused reply at once
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class BargeInPhase(enum.Enum):
     IDLE = "idle"
     WATCHING = "watching"
     PAUSED = "paused"
+    ECHO = "echo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +119,7 @@ class InterruptionController:
         self._speech_end = None
         if not self._reply_active or not self.settings.enabled:
             return []
-        if self._phase is BargeInPhase.IDLE:
+        if self._phase in (BargeInPhase.IDLE, BargeInPhase.ECHO):  # a new stretch of speech
             self._phase = BargeInPhase.WATCHING
             self._speech_start = speech_start
         return self.advance(now)
@@ -162,6 +168,19 @@ class InterruptionController:
         if self._phase is BargeInPhase.WATCHING:
             return [BargeInAction.PAUSE, *self._confirm()]
         return self._confirm()
+
+    def echo_heard(self) -> list[BargeInAction]:
+        """A transcript of the current speech held only the agent's own words (echo).
+
+        A paused reply resumes now; until the speech ends, the speech timer
+        no longer pauses it (words of the caller's own still confirm).
+        """
+        if self._phase is BargeInPhase.IDLE:
+            return []
+        was_paused = self._phase is BargeInPhase.PAUSED
+        self._phase = BargeInPhase.ECHO
+        self._speech_end = None
+        return [BargeInAction.RESUME] if was_paused else []
 
     def turn_transcribed(self, words: int) -> list[BargeInAction]:
         """The final transcript of a caller turn came back with ``words`` content words.

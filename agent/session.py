@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.echo_guard import EchoGuard, HeardWords
 from agent.errors import AgentError, ProviderError, SessionClosedError
 from agent.events import (
     AgentEvent,
@@ -122,7 +123,9 @@ class VoiceSession:
         self.history = ChatHistory(config.system_prompt, config.llm.max_history_turns)
         self.history.restore(list(history))
         self._generation = config.llm.generation()
-        self._fillers = frozenset(config.interruption.filler_words)
+        self._echo_guard = EchoGuard(
+            config.interruption.filler_words, enabled=config.interruption.echo_guard == "on"
+        )
         self._barge = InterruptionController(config.interruption.to_settings())
         self._tasks = TaskOwner(f"session {self.id}", self._task_failed)
         vad = models.vad.stream()
@@ -290,6 +293,17 @@ class VoiceSession:
         """Whether the caller has put the call on hold."""
         return self._on_hold
 
+    def set_echo_risk(self, possible: bool) -> None:
+        """Tell the session whether the caller's line may play the agent's voice back.
+
+        The call bridge sets it from the transport (a phone may be on a
+        speakerphone; a browser cancels its own echo). With the agent
+        config's ``interruption.echo_guard: auto`` it switches the echo guard
+        (``agent.echo_guard``); ``on`` and ``off`` ignore it.
+        """
+        if self.config.interruption.echo_guard == "auto":
+            self._echo_guard.enabled = possible
+
     def set_hold(self, on_hold: bool) -> None:
         """The caller put the call on hold (or took it back).
 
@@ -374,11 +388,15 @@ class VoiceSession:
                 turn_id=turn_id, text=transcript.text, final=False, confidence=transcript.confidence
             )
         )
-        self._apply(self._barge.words_heard(self._content_words(transcript.text)))
+        heard = self._heard_words(transcript.text)
+        if heard.only_echo:
+            self._apply(self._barge.echo_heard())
+        else:
+            self._apply(self._barge.words_heard(heard.own))
 
     def user_turn(self, turn: UserTurn) -> None:
         """See ``agent.listener.Hearing``: a turn with its final transcript."""
-        words = self._content_words(turn.transcript.text)
+        words = self._heard_words(turn.transcript.text).own
         # A turn with words supersedes the active reply: it is committed (as heard,
         # with its events) before the caller's new words enter the history and the
         # store, so both keep the order in which things were said.
@@ -418,10 +436,14 @@ class VoiceSession:
         self._held.clear()
         self._start_reply(last.turn_id, last.clock, ReplyPlan(messages=self.history.context()))
 
-    def _content_words(self, text: str) -> int:
-        """Words of a transcript that are not fillers or backchannels."""
-        words = (w.strip(".,!?;:\"'") for w in text.lower().split())
-        return sum(1 for w in words if w and w not in self._fillers)
+    def _heard_words(self, text: str) -> HeardWords:
+        """A transcript's content words (no fillers), split into the caller's own and
+        echoes of what the agent is saying or just said."""
+        speaking: list[str] = []
+        handle = self._reply
+        if handle is not None:
+            speaking = [s.text for s in self.playout.segments(handle.id) if s.played_samples]
+        return self._echo_guard.split(text, speaking, time.monotonic())
 
     # ------------------------------------------------------------ barge-in
 
@@ -504,6 +526,7 @@ class VoiceSession:
         if reply is None:
             return  # already committed
         heard = handle.heard_text if handle.interrupted else handle.text.strip()
+        self._echo_guard.reply_ended(heard, time.monotonic())
         self.history.add_assistant(heard, interrupted=handle.interrupted)
         self._emit(
             ReplyEvent(

@@ -143,6 +143,7 @@ class CallBridge:
         normalizer = FrameNormalizer(PIPELINE_RATE)
         # a transport whose caller may play the agent back (SIP) sets echo_cancel = True
         wants_aec = bool(getattr(self._transport, "echo_cancel", False))
+        self._session.set_echo_risk(wants_aec)
         echo = await open_echo_filter(self._session.playout) if wants_aec else None
         try:
             async with _closing(self._transport.inbound()) as frames:
