@@ -172,6 +172,38 @@ def test_reference_is_resampled_to_16k_with_a_constant_delay(rate: int) -> None:
     assert abs(early - (320 + RESAMPLE_CUSHION)) <= 24  # lead + cushion + a resampler's delay
 
 
+def test_an_early_caller_frame_moves_the_pairing_back_instead_of_reading_silence() -> None:
+    """The phases of the caller's packets and our pacer wander: a caller frame that
+    comes before all the audio it pairs with was played must not read the rest as
+    silence (the wire benchmark read ~70% silence per frame and AEC3 never converged)."""
+    rng = np.random.default_rng(2)
+    played = rng.integers(1000, 8000, 320 * 60).astype(np.int16)  # never zero
+    tap = ReferenceTap(16000)
+    ref = PlayoutReference(tap)
+    pos = 0
+
+    def play(n: int) -> None:
+        nonlocal pos
+        tap.write(pos, played[pos : pos + n], speech=True)
+        pos += n
+
+    play(320)
+    ref.take(320)  # anchored one frame of lead behind the newest output
+    got = []
+    for k in range(40):
+        if k < 10:
+            play(320)
+            got.append(ref.take(320))
+        else:  # from here the caller's frames come half a frame earlier
+            play(160)
+            got.append(ref.take(320))
+            play(160)
+    assert ref.slips == 1 and ref.resyncs == 0
+    # every reference frame is played audio, no silence read in
+    joined = np.concatenate([g for g in got if g is not None])[RESAMPLE_CUSHION:]
+    assert joined.size and np.count_nonzero(joined == 0) == 0
+
+
 def test_jitter_keeps_the_pairing_and_a_stall_reanchors_it() -> None:
     tap = ReferenceTap(16000)
     ref = PlayoutReference(tap, Alignment(max_lag_ms=260, max_ahead_ms=60))

@@ -56,6 +56,8 @@ from bench.wire.speech import (
 )
 
 SCENARIOS = ("v2v", "turns", "bargein", "concurrency", "soak", "install", "sip")
+PARTS = ("sip-greeter",)
+"""Parts of a scenario that can be run alone: ``sip-greeter`` is SIP barge-in and echo."""
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -141,7 +143,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick and not args.tag:
         args.tag = "quick"  # a smoke run never overwrites the day's full results
-    unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
+    unknown = set(args.scenarios.split(",")) - set(SCENARIOS) - set(PARTS)
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     return args
@@ -252,7 +254,7 @@ async def _guard(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the selected scenarios; returns the results document."""
-    chosen = [s for s in SCENARIOS if s in args.scenarios.split(",")]
+    chosen = [s for s in (*SCENARIOS, *PARTS) if s in args.scenarios.split(",")]
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     plan = Plan.make(args.quick, levels, args.level_seconds, args.soak_calls)
     work = Path(tempfile.mkdtemp(prefix="parley-bench-"))
@@ -289,11 +291,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "bargein" in chosen:
         greeter = agent_config(config_path, [], work, {"greeting": GREETING})
         await _with_server(doc, "bargein", greeter, config, names, args, plan, work)
-    if "sip" in chosen:
+    if "sip" in chosen or "sip-greeter" in chosen:
         results["sip"] = {"v2v": {}}
+    if "sip" in chosen:
         await _with_server(doc, "sip", config_path, config, names, args, plan, work)
         if plan.sip_g722_questions > 0:  # a fresh server: no TTS phrase cached by the PCMU row
             await _with_server(doc, "sip-g722", config_path, config, names, args, plan, work)
+    if "sip" in chosen or "sip-greeter" in chosen:
         greeter = agent_config(config_path, [], work, {"greeting": GREETING})
         await _with_server(doc, "sip-greeter", greeter, config, names, args, plan, work)
     if "install" in chosen and plan.install_timeout_s > 0:

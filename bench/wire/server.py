@@ -202,7 +202,7 @@ class ServerProcess:
     async def start(self, timeout_s: float = 180.0) -> float:
         """Spawn the server and poll ``/health`` until it answers; returns seconds to ready."""
         cmd = [self.python, "-m", "signaling", "--host", HOST, "--port", str(self.port)]
-        cmd += ["--log-level", "warning"]
+        cmd += ["--log-level", os.environ.get("PARLEY_BENCH_LOG_LEVEL", "warning")]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
         env = {
