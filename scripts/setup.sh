@@ -4,7 +4,8 @@
 # install runs the versions the tests passed with. scripts/lock.sh refreshes them;
 # pyproject.toml keeps the version ranges for those who embed the packages.
 # Idempotent: does nothing when .venv already matches the locks, pyproject.toml and this script.
-# Usage: scripts/setup.sh [test]   ("test" adds the test and lint tools)
+# Usage: scripts/setup.sh [test|cloud]   ("cloud" adds the Groq, OpenAI and ElevenLabs SDKs;
+#        "test" adds those, the test and the lint tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,8 @@ extras="${1:-}"
 case "$extras" in
   "") lock="requirements/run.lock" ;;
   test) lock="requirements/test.lock" ;;
-  *) echo "setup: unknown argument '$extras' (usage: scripts/setup.sh [test])" >&2; exit 2 ;;
+  cloud) lock="requirements/cloud.lock" ;;
+  *) echo "setup: unknown argument '$extras' (usage: scripts/setup.sh [test|cloud])" >&2; exit 2 ;;
 esac
 python="${PYTHON:-python3}"
 stamp=".venv/.parley-setup-${extras:-run}"
@@ -45,7 +47,10 @@ from importlib.metadata import PackageNotFoundError, requires, version
 
 from packaging.requirements import Requirement
 
-extras = {"", "test", "dev"} if sys.argv[1] == "test" else {""}
+extras = {
+    "test": {"", "test", "dev", "cloud"},
+    "cloud": {"", "cloud"},
+}.get(sys.argv[1], {""})
 problems = []
 for line in requires("parley") or []:
     req = Requirement(line)
