@@ -120,6 +120,9 @@ class MetricsEvent(AgentEvent):
     llm_tokens: int
     speculative_hit: bool
     interrupted: bool
+    usage: dict[str, Any] = field(default_factory=dict)
+    """The turn's ``agent.usage.TurnUsage`` as a dict: providers, models, tokens,
+    audio seconds, characters and the cost estimate."""
     type: str = field(init=False, default="metrics")
 
 

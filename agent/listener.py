@@ -343,6 +343,9 @@ class Listener:
                 return
             clock.stt_final_s = result.processing_s
             clock.stt_ready = time.monotonic()
+            usage = clock.usage
+            usage.stt_provider, usage.stt_model = result.provider, result.model or None
+            usage.stt_audio_s = round(result.audio_s, 3)
             self._hearing.user_turn(UserTurn(turn_id, result, clock))
         finally:
             if counted:

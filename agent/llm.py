@@ -1,8 +1,9 @@
 """Language-model provider interface: chat messages, tool specs and streamed deltas.
 
-An LLM streams a union of ``TextDelta`` (reply text) and ``ToolCallDelta``
+An LLM streams a union of ``TextDelta`` (reply text), ``ToolCallDelta``
 (fragments of a tool call: the first fragment of a call carries its id and
-name, later ones append to its JSON arguments). ``ToolCallAssembler`` turns
+name, later ones append to its JSON arguments) and, once at the end,
+``UsageDelta`` (who served the reply and how many tokens it took). ``ToolCallAssembler`` turns
 the fragments into complete ``ToolCall``s. Chat messages carry the tool calls
 an assistant made and the results the tools gave, so a history can replay
 them to the model (tool execution itself lives in the reply loop).
@@ -99,7 +100,22 @@ class ToolCallDelta:
     arguments: str = ""
 
 
-LLMDelta = TextDelta | ToolCallDelta
+@dataclass(frozen=True, slots=True)
+class UsageDelta:
+    """What serving the reply took, reported once at the end of a stream.
+
+    ``provider`` names the service that answered (``"local"``, ``"groq"``,
+    ``"openai"``), ``model`` its model; token counts are the vendor's own when
+    it reports them, else the adapter's count.
+    """
+
+    provider: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+LLMDelta = TextDelta | ToolCallDelta | UsageDelta
 
 
 class ToolCallAssembler:

@@ -15,6 +15,15 @@ the playout buffer's own bound.
 TTS chunks carry their own sample rate, so the voice may change between
 chunks (a fallback from a cloud voice to Piper mid-reply): each change of
 rate gets a fresh resampler.
+
+With a TTS that takes text as it is written (``StreamingTTS``: ElevenLabs'
+input-streaming WebSocket), the LLM's text goes to one input stream as it
+comes, without waiting for a clause, and each audio chunk becomes a playout
+segment of the characters it speaks (the chunk's ``text``), so the heard
+text stays exact. Interrupting the reply closes the stream at once.
+
+Usage (``TurnClock.usage``): the LLM's ``UsageDelta`` (who served, tokens),
+the characters sent to synthesis, and the provider and voice that spoke.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from agent.chunker import ChunkerSettings, SentenceChunker
@@ -31,12 +40,13 @@ from agent.llm import (
     LLM,
     ChatMessage,
     GenerationSettings,
-    TextDelta,
     ToolCallAssembler,
+    ToolCallDelta,
     ToolSpec,
+    UsageDelta,
 )
 from agent.speech import SpeechHandle
-from agent.tts import TTS, SpeechChunk
+from agent.tts import TTS, SpeechChunk, StreamingTTS, TTSInputStream
 from agent.turnclock import TurnClock
 from media.frames import PCM
 from media.playout import PlayoutBuffer, SegmentPlayback
@@ -97,9 +107,12 @@ class Reply:
         # be one of the generation tasks the TaskGroup waits for.
         watcher = asyncio.create_task(self._watch_start(), name="reply-start")
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._produce_text(chunks), name="reply-text")
-                group.create_task(self._synthesize(chunks), name="reply-speech")
+            if isinstance(self._tts, StreamingTTS):
+                await self._run_streaming(self._tts)
+            else:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._produce_text(chunks.put), name="reply-text")
+                    group.create_task(self._synthesize(chunks), name="reply-speech")
             handle.generation_done = True
             self._playout.finish_utterance(handle.id)
             await self._playout.wait_done(handle.id)
@@ -107,37 +120,96 @@ class Reply:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
 
-    async def _produce_text(self, chunks: asyncio.Queue[str | None]) -> None:
+    async def _produce_text(
+        self, put: Callable[[str | None], Awaitable[None]], *, chunked: bool = True
+    ) -> None:
+        """The reply's text to ``put``: clause chunks (``chunked``) or the LLM's pieces as
+        they come; ``None`` at the end."""
         handle, clock = self.handle, self.clock
         chunker = SentenceChunker(self._chunker)
         if self.plan.canned is not None:
             handle.text = self.plan.canned
-            for chunk in chunker.feed(self.plan.canned) + chunker.flush():
-                await chunks.put(chunk)
-            await chunks.put(None)
+            pieces = chunker.feed(self.plan.canned) + chunker.flush() if chunked else [handle.text]
+            for piece in pieces:
+                await put(piece)
+            await put(None)
             return
         clock.llm_start = time.monotonic()
         calls = ToolCallAssembler()
         stream = self._llm.stream(self.plan.messages, self._generation, self.plan.tools)
         async with contextlib.aclosing(stream) as deltas:
             async for delta in deltas:
+                if isinstance(delta, UsageDelta):
+                    usage = clock.usage
+                    usage.llm_provider, usage.llm_model = delta.provider, delta.model
+                    usage.prompt_tokens += delta.prompt_tokens
+                    usage.completion_tokens += delta.completion_tokens
+                    continue
                 if clock.llm_first_token is None:
                     clock.llm_first_token = time.monotonic()
                 clock.llm_tokens += 1
-                if not isinstance(delta, TextDelta):
+                if isinstance(delta, ToolCallDelta):
                     calls.feed(delta)
                     continue
                 if not delta.text:
                     continue
                 handle.text += delta.text
                 self._emit(ReplyDeltaEvent(turn_id=handle.turn_id, text=delta.text))
-                for chunk in chunker.feed(delta.text):
-                    await chunks.put(chunk)
+                for piece in chunker.feed(delta.text) if chunked else [delta.text]:
+                    await put(piece)
         if calls:
             handle.tool_calls = calls.calls()
-        for chunk in chunker.flush():
-            await chunks.put(chunk)
-        await chunks.put(None)
+        for piece in chunker.flush() if chunked else []:
+            await put(piece)
+        await put(None)
+
+    async def _run_streaming(self, tts: StreamingTTS) -> None:
+        """Text into one input stream as it is written, its audio out as it comes."""
+        stream = tts.open_stream()
+        usage = self.clock.usage
+
+        async def put(text: str | None) -> None:
+            if text is None:
+                await stream.end()
+                return
+            if self.clock.tts_first_chunk is None:
+                self.clock.tts_first_chunk = time.monotonic()
+            usage.tts_chars += len(text)
+            await stream.push(text)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._produce_text(put, chunked=False), name="reply-text")
+                group.create_task(self._speak_stream(stream), name="reply-speech")
+        finally:
+            await stream.aclose()
+
+    async def _speak_stream(self, stream: TTSInputStream) -> None:
+        handle, clock, playout = self.handle, self.clock, self._playout
+        resampler: StreamResampler | None = None
+        async for chunk in stream:
+            if handle.interrupted:
+                return
+            if clock.tts_first_audio is None:
+                clock.tts_first_audio = time.monotonic()
+            self._spoken_by(chunk)
+            # each chunk is a segment of the characters it speaks: the heard text stays exact
+            segment = playout.open_segment(handle.id, chunk.text or "")
+            if resampler is None or resampler.in_rate != chunk.sample_rate:
+                resampler = StreamResampler(chunk.sample_rate, playout.sample_rate)
+            await self._push(segment, await _resample(resampler, chunk))
+            playout.close_segment(segment)
+        if resampler is not None:
+            tail = await _flush(resampler)
+            if tail.size:
+                segment = playout.open_segment(handle.id, "")
+                await self._push(segment, tail)
+                playout.close_segment(segment)
+
+    def _spoken_by(self, chunk: SpeechChunk) -> None:
+        self.handle.voice = chunk.voice
+        usage = self.clock.usage
+        usage.tts_provider, usage.tts_voice = chunk.provider, chunk.voice
 
     async def _synthesize(self, chunks: asyncio.Queue[str | None]) -> None:
         handle, clock, playout = self.handle, self.clock, self._playout
@@ -145,6 +217,7 @@ class Reply:
             if handle.interrupted:
                 return  # clear() woke us before the cancellation arrived: stop here
             segment = playout.open_segment(handle.id, text)
+            clock.usage.tts_chars += len(text)
             if clock.tts_first_chunk is None:
                 clock.tts_first_chunk = time.monotonic()
             resampler: StreamResampler | None = None
@@ -154,7 +227,7 @@ class Reply:
                         return
                     if clock.tts_first_audio is None:
                         clock.tts_first_audio = time.monotonic()
-                    handle.voice = chunk.voice
+                    self._spoken_by(chunk)
                     if resampler is None or resampler.in_rate != chunk.sample_rate:
                         if resampler is not None:
                             await self._push(segment, await _flush(resampler))

@@ -19,6 +19,10 @@ class Transcript:
     """Duration of the audio that was transcribed, in seconds."""
     processing_s: float
     """Wall time the provider spent, in seconds."""
+    provider: str = "local"
+    """The service that transcribed (``"local"``, ``"groq"``): for usage and cost."""
+    model: str = ""
+    """Its model (e.g. ``"whisper-large-v3-turbo"``)."""
 
     @property
     def words(self) -> list[str]:

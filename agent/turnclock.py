@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.events import MetricsEvent
+from agent.usage import TurnUsage
 
 
 @dataclass(slots=True)
@@ -22,6 +23,7 @@ class TurnClock:
     llm_tokens: int = 0
     tts_first_chunk: float | None = None
     tts_first_audio: float | None = None
+    usage: TurnUsage = field(default_factory=TurnUsage)
 
     @classmethod
     def now(cls) -> TurnClock:
@@ -47,4 +49,5 @@ class TurnClock:
             llm_tokens=self.llm_tokens,
             speculative_hit=self.speculative_hit,
             interrupted=interrupted,
+            usage=self.usage.to_dict(),
         )
