@@ -51,3 +51,15 @@ class RateLimitedError(ProviderError):
     def __init__(self, provider: str, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(provider, message, retryable=True)
         self.retry_after_s = retry_after_s
+
+
+class ProviderAuthError(ProviderError):
+    """A provider refused our credentials (HTTP 401/403): never retryable.
+
+    The key is invalid or lacks permission, so asking again cannot help.
+    Adapters raise it instead of a plain ``ProviderError`` so a fallback chain
+    opens that provider's circuit at once, for the long auth cool-down.
+    """
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(provider, message, retryable=False)

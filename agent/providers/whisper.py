@@ -253,7 +253,7 @@ class WhisperSTT:
         flat float32 array of finite samples, ``ProviderError`` when the model
         fails.
         """
-        _check_audio(audio)
+        check_audio(audio)
         if self._skippable(audio):
             with self._stats_lock:
                 self.stats.calls += 1
@@ -268,7 +268,7 @@ class WhisperSTT:
 
     def transcribe_blocking(self, audio: FloatPCM, *, partial: bool = False) -> Transcript:
         """Blocking transcription (for worker threads, benchmarks and tools)."""
-        _check_audio(audio)
+        check_audio(audio)
         started = time.perf_counter()
         audio_s = audio.size / self.sample_rate
         with self._stats_lock:
@@ -464,7 +464,14 @@ class WhisperSTT:
         return " ".join(texts), min(max(confidence, 0.0), 1.0)
 
 
-def _check_audio(audio: object) -> None:
+def check_audio(audio: object) -> None:
+    """Check that ``audio`` is what the STTs transcribe: a flat float32 array of samples.
+
+    Raises ``AudioFormatError`` (a ``ValueError``, so a caller's bug and not a
+    provider failure) for anything else: not a numpy array, not float32, not
+    mono 1-D, NaN or infinite samples, or samples far outside [-1, 1] (int16
+    PCM that was never scaled). Empty audio passes.
+    """
     if not isinstance(audio, np.ndarray):
         raise AudioFormatError(f"expected a numpy float32 array, got {type(audio).__name__}")
     if audio.dtype != np.float32:
