@@ -18,11 +18,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=None, help="bind address (PARLEY_HOST)")
     parser.add_argument("--port", type=int, default=None, help="port (PARLEY_PORT)")
     parser.add_argument("--config", default=None, help="agent YAML (PARLEY_AGENT_CONFIG)")
+    parser.add_argument("--prices", default=None, help="price table YAML (PARLEY_PRICES)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     overrides = {
         k: v
-        for k, v in {"host": args.host, "port": args.port, "agent_config": args.config}.items()
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "agent_config": args.config,
+            "prices": args.prices,
+        }.items()
         if v is not None
     }
     settings = ServerSettings(**overrides)

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from agent.config import AgentConfig
 from agent.errors import AgentError, ProviderError
 from agent.phrase_cache import CachedTTS
+from agent.pricing import PriceTable
 from agent.runtime import AgentModels
 from media.errors import AudioFormatError
 from signaling.admission import RETRY_AFTER_S, AdmissionError, authorize
@@ -94,6 +95,7 @@ def create_app(
     """
     settings = settings or ServerSettings()
     config = AgentConfig.load(settings.agent_config)
+    prices = PriceTable.load(settings.prices)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,7 +106,7 @@ def create_app(
         )
         # Calls speak through the phrase cache (greetings and fixed phrases come back at once).
         call_models = dataclasses.replace(loaded, tts=CachedTTS(loaded.tts, store.phrases))
-        metrics = ServerMetrics()
+        metrics = ServerMetrics(prices)
         metrics.watch_store(store.stats)
         calls = CallManager(
             call_models,
@@ -113,6 +115,7 @@ def create_app(
             idle_timeout_s=settings.idle_timeout_s,
             store=store,
             sinks=[metrics.observe],
+            prices=prices,
         )
         app.state.parley = AppState(
             settings=settings,

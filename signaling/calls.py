@@ -24,6 +24,7 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.events import AgentEvent, TranscriptEvent, VadEvent
+from agent.pricing import PriceTable
 from agent.runtime import AgentModels
 from agent.session import EventSink, VoiceSession
 from media.transport import Transport
@@ -83,7 +84,11 @@ class Call:
 
 
 class CallManager:
-    """Creates, runs, tracks and ends calls."""
+    """Creates, runs, tracks and ends calls.
+
+    Each call's events go to ``sinks`` and to a ``SessionRecorder`` that writes
+    its turns, their cost estimated with ``prices`` (None: no estimate).
+    """
 
     def __init__(
         self,
@@ -94,8 +99,10 @@ class CallManager:
         idle_timeout_s: float,
         store: Store,
         sinks: list[EventSink] | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self._models = models
+        self._prices = prices
         self._store = store
         self._config = config
         self.max_calls = max_calls
@@ -161,7 +168,9 @@ class CallManager:
                 messages_from_json(await self._store.state.load(session_id)) if session_id else []
             )
             session_id = session_id or "ses_" + secrets.token_urlsafe(16)
-            recorder = SessionRecorder(self._store, session_id, transport, attributes)
+            recorder = SessionRecorder(
+                self._store, session_id, transport, attributes, prices=self._prices
+            )
             session = VoiceSession(
                 self._config,
                 self._models,

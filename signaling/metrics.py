@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -9,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.events import AgentEvent, InterruptionEvent, MetricsEvent
+from agent.pricing import PriceTable, stage_uses
 from media.sip.server import SipStats
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -46,6 +48,35 @@ class _StoreCollector(Collector):
         for name, doc in _STORE_COUNTERS.items():
             if name in values:
                 yield CounterMetricFamily(f"parley_store_{name}", doc, value=values[name])
+
+
+PROVIDER_LABELS_MAX = 32
+"""Distinct provider label values; later ones (and unsafe names) are exported as ``other``."""
+_SAFE_LABEL = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+
+
+class _ProviderLabels:
+    """Bounded provider label values: safe tokens, at most ``PROVIDER_LABELS_MAX`` of them.
+
+    Provider names come from configuration, yet a label must never grow the
+    series without bound: a name that is not a short safe token, or one past
+    the cap, is counted under ``other``.
+    """
+
+    OTHER = "other"
+
+    def __init__(self, limit: int = PROVIDER_LABELS_MAX) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, provider: str) -> str:
+        name = provider.strip().lower()
+        if name in self._seen:
+            return name
+        if not _SAFE_LABEL.fullmatch(name) or len(self._seen) >= self._limit:
+            return self.OTHER
+        self._seen.add(name)
+        return name
 
 
 RTP_COUNTERS = ("packets_received", "packets_sent", "lost", "late", "concealed", "garbage")
@@ -89,9 +120,15 @@ class _SipCollector(Collector):
 
 
 class ServerMetrics:
-    """The server's metrics in their own registry (safe with several apps per process)."""
+    """The server's metrics in their own registry (safe with several apps per process).
 
-    def __init__(self) -> None:
+    Turns' usage is counted by stage and provider; with ``prices`` each priced
+    stage's cost estimate is added to ``parley_cost_usd_total`` as well.
+    """
+
+    def __init__(self, prices: PriceTable | None = None) -> None:
+        self._prices = prices
+        self._provider = _ProviderLabels()
         self.registry = CollectorRegistry()
         r = self.registry
         self.active_calls = Gauge("parley_active_calls", "Calls in progress", registry=r)
@@ -115,6 +152,36 @@ class ServerMetrics:
         self.tts_first_audio = hist(
             "parley_tts_first_audio_seconds", "TTS time from first text chunk to first audio"
         )
+        self.provider_requests = Counter(
+            "parley_provider_requests",
+            "Turns served by a provider, by stage (one per stage a turn used)",
+            ["stage", "provider"],
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "parley_llm_tokens",
+            "LLM tokens by provider and kind (prompt, completion)",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.stt_audio_seconds = Counter(
+            "parley_stt_audio_seconds",
+            "Caller audio sent to final transcription, by provider",
+            ["provider"],
+            registry=r,
+        )
+        self.tts_characters = Counter(
+            "parley_tts_characters",
+            "Characters sent to synthesis, by provider",
+            ["provider"],
+            registry=r,
+        )
+        self.cost_usd = Counter(
+            "parley_cost_usd",
+            "Estimated cost in USD from the price table, by stage and provider (priced stages)",
+            ["stage", "provider"],
+            registry=r,
+        )
 
     def watch_sip(self, sip: Callable[[], SipStats], rtp: Callable[[], Mapping[str, int]]) -> None:
         """Export SIP responses by code and RTP packet counters (lost, late...)."""
@@ -137,11 +204,29 @@ class ServerMetrics:
                     hist.observe(value / 1000)
             if event.end_of_turn_ms is not None and event.stt_wait_ms is not None:
                 self.vad_to_final.observe((event.end_of_turn_ms + event.stt_wait_ms) / 1000)
+            if event.usage:
+                self._count_usage(event)
         elif isinstance(event, InterruptionEvent):
             if event.phase == "confirmed":
                 self.barge_ins.inc()
             elif event.phase == "resumed":
                 self.false_interruptions.inc()
+
+    def _count_usage(self, event: MetricsEvent) -> None:
+        for use in stage_uses(event.usage):
+            provider = self._provider(use.provider)
+            self.provider_requests.labels(use.stage, provider).inc()
+            if use.stage == "llm":
+                self.llm_tokens.labels(provider, "prompt").inc(use.prompt_tokens)
+                self.llm_tokens.labels(provider, "completion").inc(use.completion_tokens)
+            elif use.stage == "stt":
+                self.stt_audio_seconds.labels(provider).inc(use.audio_s)
+            else:
+                self.tts_characters.labels(provider).inc(use.chars)
+            if self._prices is not None:
+                cost = self._prices.stage_cost(use)
+                if cost is not None:
+                    self.cost_usd.labels(use.stage, provider).inc(cost)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,9 +17,12 @@ from agent.events import (
 )
 from agent.history import ChatHistory
 from agent.llm import ChatMessage, ToolCall
+from agent.pricing import PriceTable
 from store.repositories import TurnRecord
 from store.store import Store
 from store.writer import InteractionLogged, SessionEnded, SessionErrored, SessionStarted
+
+log = logging.getLogger(__name__)
 
 _LATENCY_FIELDS = (
     "voice_to_voice_ms",
@@ -78,12 +82,47 @@ def messages_from_json(data: list[dict[str, Any]]) -> list[ChatMessage]:
     return out
 
 
+_UNPRICED_WARNINGS_MAX = 256
+_unpriced_warned: set[tuple[str, str, str | None]] = set()
+"""Stage, provider and model already warned about (bounded: names come from configuration)."""
+
+
+def priced_usage(usage: Mapping[str, Any], prices: PriceTable | None) -> dict[str, Any] | None:
+    """A turn's usage as the store keeps it: with ``cost_usd`` and ``cost_by_stage``
+    filled from ``prices`` when the agent left the cost unset.
+
+    None when the event carried no usage. A cost the agent set is kept as is
+    (and no per-stage split is added). Stages without a price are logged once.
+    """
+    if not usage:
+        return None
+    out = dict(usage)
+    if prices is None or out.get("cost_usd") is not None:
+        return out
+    out["cost_by_stage"] = prices.cost_by_stage(usage)
+    out["cost_usd"] = prices.cost(usage)
+    for use in prices.unpriced(usage):
+        key = (use.stage, use.provider, use.model)
+        if key not in _unpriced_warned and len(_unpriced_warned) < _UNPRICED_WARNINGS_MAX:
+            _unpriced_warned.add(key)
+            log.warning(
+                "no price for %s provider %r (model %r): left out of cost estimates",
+                use.stage,
+                use.provider,
+                use.model,
+            )
+    return out
+
+
 class SessionRecorder:
     """An event sink per session: user turns on final transcripts, agent turns on metrics.
 
     The agent's turn is written when its metrics arrive (right after the
-    reply event), so the row carries the heard text, the interrupted flag
-    and every stage's latency together.
+    reply event), so the row carries the heard text, the interrupted flag,
+    every stage's latency and the turn's usage together. The usage covers
+    the whole turn (the caller's transcription and the reply) and is kept on
+    the agent's row, its cost estimated with ``prices`` when the agent left it
+    unset (``priced_usage``).
     """
 
     def __init__(
@@ -92,8 +131,11 @@ class SessionRecorder:
         session_id: str,
         transport: str,
         attributes: Mapping[str, str] | None = None,
+        *,
+        prices: PriceTable | None = None,
     ) -> None:
         self._store = store
+        self._prices = prices
         self.session_id = session_id
         self._pending: dict[str, ReplyEvent] = {}
         self._inputs: dict[str, str] = {}
@@ -135,6 +177,7 @@ class SessionRecorder:
                     latencies={k: getattr(event, k) for k in _LATENCY_FIELDS},
                     started_at=_ts(reply.at),
                     ended_at=_ts(event.at),
+                    usage=priced_usage(event.usage, self._prices),
                 )
             )
             # A reply answers every user turn since the last reply (turns the

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Header, Query
 
 from signaling.state import ApiError, AppState, State
 from signaling.tokens import TokenError, bearer
+from signaling.usage import UsageTotals
 from store.models import VoiceSession
 from store.repositories import SessionCursor
 
@@ -136,12 +137,18 @@ async def create_session(st: State) -> dict[str, Any]:
 async def get_session(
     session_id: str, st: State, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
-    """A session's status and statistics (its token, or the admin token)."""
+    """A session's status and statistics (its token, or the admin token).
+
+    ``usage`` sums its turns' usage: tokens, STT audio seconds, TTS characters,
+    the cost estimate (USD; null when no turn had a price) and, under
+    ``providers[stage][provider]``, each provider's share.
+    """
     _authorize(st, session_id, authorization)
     row = await st.store.sessions.get(session_id)
     if row is None:
         raise ApiError(404, "session_not_found", "no such session")
-    return _session_out(st, row)
+    usage = UsageTotals.of(await st.store.sessions.usages(session_id))
+    return {**_session_out(st, row), "usage": usage.to_dict()}
 
 
 @router.get("/{session_id}/history")
@@ -149,13 +156,20 @@ async def get_history(
     session_id: str, st: State, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
     """The session's turns in order, with the heard text of interrupted replies
-    (its token, or the admin token)."""
+    (its token, or the admin token).
+
+    Agent turns carry their ``usage`` (providers, models, chains, tokens, audio
+    seconds, characters, ``cost_usd`` and ``cost_by_stage``; null on turns
+    recorded without one); ``usage`` at the top sums the turns listed, as
+    ``GET /v1/sessions/{id}`` does.
+    """
     _authorize(st, session_id, authorization)
     if await st.store.sessions.get(session_id) is None:
         raise ApiError(404, "session_not_found", "no such session")
     turns = await st.store.sessions.turns(session_id)
     return {
         "id": session_id,
+        "usage": UsageTotals.of(t.usage for t in turns).to_dict(),
         "turns": [
             {
                 "seq": t.seq,
@@ -166,6 +180,7 @@ async def get_history(
                 "interrupted": t.interrupted,
                 "stt_confidence": t.stt_confidence,
                 "latencies": t.latencies,
+                "usage": t.usage,
                 "started_at": _iso(t.started_at),
             }
             for t in turns

@@ -37,6 +37,9 @@ class ServerSettings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     agent_config: Path | None = None
     """Agent YAML file; default ``agents/default.yaml``."""
+    prices: Path | None = None
+    """YAML price table of the providers (``PARLEY_PRICES``), used to estimate each turn's
+    cost; default ``agents/prices.yaml`` (vendors' list prices, as estimates)."""
     jwt_secret: SecretStr | None = None
     """HMAC key of join and session tokens (32+ bytes). Unset: a key generated once and
     kept in ``PARLEY_DATA_DIR/jwt_secret`` (mode 0600), so tokens outlive a restart and

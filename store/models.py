@@ -90,6 +90,9 @@ class Turn(Base):
     stt_confidence: Mapped[float | None] = mapped_column(Float)
     latencies: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """Per-stage latencies in ms (voice_to_voice_ms, llm_first_token_ms, ...)."""
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """What the turn used of each provider (``agent.usage.TurnUsage`` as a dict, with
+    ``cost_usd`` and ``cost_by_stage`` from the price table); on agent turns only."""
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[dt.datetime | None]
 

@@ -27,6 +27,8 @@ class TurnRecord:
     latencies: dict[str, Any] | None = None
     started_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
+    usage: dict[str, Any] | None = None
+    """Providers, models and quantities the turn used, and its cost (agent turns)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,7 @@ class SessionRepository:
                     interrupted=record.interrupted,
                     stt_confidence=record.stt_confidence,
                     latencies=record.latencies,
+                    usage=record.usage,
                     started_at=record.started_at or utcnow(),
                     ended_at=record.ended_at,
                 )
@@ -212,6 +215,14 @@ class SessionRepository:
                 select(Turn).where(Turn.session_id == session_id).order_by(Turn.seq).limit(limit)
             )
             return list(rows)
+
+    async def usages(self, session_id: str) -> list[dict[str, Any]]:
+        """The usage stored with the session's turns, in order (turns without any skipped)."""
+        async with self._sessions() as db:
+            rows = await db.scalars(
+                select(Turn.usage).where(Turn.session_id == session_id).order_by(Turn.seq)
+            )
+            return [u for u in rows if isinstance(u, dict)]
 
     async def log_interaction(
         self, session_id: str, user_input: str, raw_llm_output: str, final_action: str

@@ -263,3 +263,109 @@ async def test_interaction_log_is_written(store: Store) -> None:
     assert [(r.user_input, r.raw_llm_output, r.final_action) for r in rows] == [
         ("play abba", "Playing ABBA now.", "reply")
     ]
+
+
+USAGE = {
+    "stt_provider": "groq",
+    "stt_model": "whisper-large-v3-turbo",
+    "stt_audio_s": 2.5,
+    "llm_provider": "groq",
+    "llm_model": "llama-3.3-70b-versatile",
+    "prompt_tokens": 412,
+    "completion_tokens": 23,
+    "tts_provider": "local",
+    "tts_voice": "piper:en_US-joe-medium",
+    "tts_chars": 96,
+    "chains": {"llm": "groq,local", "stt": "groq,local"},
+    "cost_usd": 0.000279,
+    "cost_by_stage": {"stt": 0.000111, "llm": 0.000168, "tts": 0.0},
+}
+
+
+async def test_turn_usage_roundtrip(store: Store) -> None:
+    await store.sessions.create("ses_u", "webrtc")
+    w = store.writer
+    w.submit(TurnRecord("ses_u", "t1", "user", "book a table", stt_confidence=0.9))
+    w.submit(TurnRecord("ses_u", "t1", "assistant", "For how many?", usage=USAGE))
+    w.submit(TurnRecord("ses_u", "t2", "user", "four"))
+    w.submit(TurnRecord("ses_u", "t2", "assistant", "Done.", usage={**USAGE, "cost_usd": None}))
+    w.submit(TurnRecord("ses_u", "t3", "assistant", "Anything else?"))  # recorded without usage
+    assert await w.flush()
+    turns = await store.sessions.turns("ses_u")
+    assert [(t.role, t.usage) for t in turns] == [
+        ("user", None),
+        ("assistant", USAGE),
+        ("user", None),
+        ("assistant", {**USAGE, "cost_usd": None}),
+        ("assistant", None),
+    ]
+    assert await store.sessions.usages("ses_u") == [USAGE, {**USAGE, "cost_usd": None}]
+    assert await store.sessions.usages("ses_none") == []
+
+
+async def test_turn_usage_migration_upgrades_and_downgrades(backend: str, tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import Connection, inspect, text
+    from sqlalchemy.exc import IntegrityError
+
+    from store.db import alembic_config, ensure_schema, make_engine
+
+    settings = store_settings(backend, tmp_path / "m")
+    args: dict[str, object] = {}
+    if settings.db_schema:
+        await ensure_schema(settings.sqlalchemy_url(), settings.db_schema)
+        args["server_settings"] = {"search_path": settings.db_schema}
+    else:
+        settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.sqlalchemy_url(), connect_args=args)
+
+    def migrate(conn: Connection, revision: str, down: bool = False) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+    def turn_columns(conn: Connection) -> set[str]:
+        return {c["name"] for c in inspect(conn).get_columns("turns")}
+
+    insert_turn = text(
+        "INSERT INTO turns (session_id, seq, turn_id, role, text, interrupted, started_at)"
+        " VALUES ('ses_m', :seq, :turn, 'assistant', 'hello', false, CURRENT_TIMESTAMP)"
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, "0003")
+            assert "usage" not in await conn.run_sync(turn_columns)
+            await conn.execute(
+                text(
+                    "INSERT INTO voice_sessions (id, transport, status, language, started_at,"
+                    " turn_count, error_count) VALUES"
+                    " ('ses_m', 'sip', 'active', 'en', CURRENT_TIMESTAMP, 0, 0)"
+                )
+            )
+            await conn.execute(insert_turn, {"seq": 1, "turn": "t1"})
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, "0004")
+            assert "usage" in await conn.run_sync(turn_columns)
+            assert await conn.scalar(text("SELECT usage FROM turns")) is None  # old rows: none
+            await conn.execute(insert_turn, {"seq": 2, "turn": "t2"})
+            await conn.execute(
+                text("UPDATE turns SET usage = :usage WHERE seq = 2"),
+                {"usage": '{"llm_provider": "groq", "cost_usd": 0.5}'},
+            )
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, "0003", True)
+            assert "usage" not in await conn.run_sync(turn_columns)
+            # the turns (and their constraints) survive the downgrade
+            assert (await conn.execute(text("SELECT seq FROM turns ORDER BY seq"))).all() == [
+                (1,),
+                (2,),
+            ]
+            with pytest.raises(IntegrityError):
+                async with conn.begin_nested():
+                    await conn.execute(insert_turn, {"seq": 2, "turn": "t3"})
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, "head")
+            assert "usage" in await conn.run_sync(turn_columns)
+    finally:
+        await engine.dispose()
+        await drop_schema(settings)
