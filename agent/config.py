@@ -16,6 +16,7 @@ from agent.chunker import ChunkerSettings
 from agent.errors import ConfigError
 from agent.interruption import InterruptionSettings
 from agent.llm import GenerationSettings
+from agent.provider_config import CloudConfig, FallbackConfig, ProvidersConfig
 from agent.turns import TurnSettings
 from agent.vad import GateSettings
 
@@ -200,6 +201,10 @@ class AgentConfig(_Section):
     interruption: InterruptionConfig = InterruptionConfig()
     chunker: ChunkerConfig = ChunkerConfig()
     dtmf: DtmfConfig = DtmfConfig()
+    providers: ProvidersConfig = ProvidersConfig()
+    """Provider chain of each stage (``local``, ``groq``, ``openai``, ``elevenlabs``)."""
+    cloud: CloudConfig = CloudConfig()
+    fallback: FallbackConfig = FallbackConfig()
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> AgentConfig:

@@ -8,6 +8,12 @@ Audio is cached under the voice that actually produced it, read from the
 chunks: when a fallback voice spoke, its audio is stored under the fallback's
 name, never under the primary's, and an utterance whose chunks came from
 more than one voice or at more than one rate is not cached at all.
+
+Over a TTS that takes streamed text (``StreamingTTS``), ``cached_tts`` gives
+a wrapper that also streams: replies the LLM writes go to the inner input
+stream untouched (they are not cached), canned phrases through ``stream``
+and the cache. Cached audio is served with provider ``"cache"`` (no vendor
+was paid for it).
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from agent.tts import TTS, SpeechChunk
+from agent.tts import TTS, SpeechChunk, StreamingTTS, TTSInputStream
+
+CACHE_PROVIDER = "cache"
+"""The provider of audio served from the cache."""
 
 
 @runtime_checkable
@@ -67,7 +76,7 @@ class CachedTTS:
                 rate, audio = cached
                 self.hits += 1
                 pcm = np.frombuffer(audio, dtype="<i2", count=len(audio) // 2).astype(np.int16)
-                yield SpeechChunk(pcm, rate, self.voice)
+                yield SpeechChunk(pcm, rate, self.voice, CACHE_PROVIDER)
                 return
             self.misses += 1
         chunks: list[SpeechChunk] = []
@@ -91,3 +100,22 @@ class CachedTTS:
     async def aclose(self) -> None:
         """Close the inner TTS (the cache belongs to whoever injected it)."""
         await self.inner.aclose()
+
+
+class CachedStreamingTTS(CachedTTS):
+    """``CachedTTS`` over a ``StreamingTTS``: input streams pass through uncached."""
+
+    def __init__(self, inner: StreamingTTS, cache: PhraseCache, max_chars: int = 160) -> None:
+        super().__init__(inner, cache, max_chars)
+        self._streaming = inner
+
+    def open_stream(self) -> TTSInputStream:
+        """The inner TTS's input stream (LLM replies are not cached)."""
+        return self._streaming.open_stream()
+
+
+def cached_tts(inner: TTS, cache: PhraseCache, max_chars: int = 160) -> CachedTTS:
+    """The phrase cache over ``inner``, streaming text in when ``inner`` does."""
+    if isinstance(inner, StreamingTTS):
+        return CachedStreamingTTS(inner, cache, max_chars)
+    return CachedTTS(inner, cache, max_chars)

@@ -107,7 +107,9 @@ class Reply:
         # be one of the generation tasks the TaskGroup waits for.
         watcher = asyncio.create_task(self._watch_start(), name="reply-start")
         try:
-            if isinstance(self._tts, StreamingTTS):
+            if isinstance(self._tts, StreamingTTS) and self.plan.canned is None:
+                # the LLM's text streams in; a canned text is whole already (and may be
+                # in the phrase cache)
                 await self._run_streaming(self._tts)
             else:
                 async with asyncio.TaskGroup() as group:

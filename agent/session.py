@@ -48,6 +48,7 @@ from agent.events import (
     TranscriptEvent,
     VadEvent,
 )
+from agent.fallback import AllProvidersFailedError
 from agent.history import ChatHistory
 from agent.interruption import BargeInAction, InterruptionController
 from agent.listener import Listener, UserTurn
@@ -414,10 +415,14 @@ class VoiceSession:
         self._start_held()
 
     def stt_failed(self, turn_id: str, error: ProviderError, final: bool) -> None:
-        """See ``agent.listener.Hearing``."""
+        """See ``agent.listener.Hearing``: with every STT provider down, the caller
+        hears the apology rather than silence."""
         self._emit_error("stt", error)
         if final:
             self._apply(self._barge.turn_transcribed(0))
+            if isinstance(error, AllProvidersFailedError) and self._reply is None:
+                self._apologize(turn_id)
+                return
             self._start_held()
 
     # ------------------------------------------------------------ user turns
@@ -475,15 +480,18 @@ class VoiceSession:
 
     # ------------------------------------------------------------ replies
 
-    def _start_reply(self, turn_id: str, clock: TurnClock, plan: ReplyPlan) -> None:
+    def _start_reply(
+        self, turn_id: str, clock: TurnClock, plan: ReplyPlan, *, local_voice: bool = False
+    ) -> None:
         self._interrupt_reply()
         handle = SpeechHandle(turn_id=turn_id, playout=self.playout)
+        clock.usage.chains = dict(self._models.chains)
         reply = Reply(
             handle,
             plan,
             clock,
             llm=self._models.llm,
-            tts=self._models.tts,
+            tts=self._models.apology_voice if local_voice else self._models.tts,
             playout=self.playout,
             generation=self._generation,
             chunker=self.config.chunker.to_settings(),
@@ -499,6 +507,7 @@ class VoiceSession:
     async def _run_reply(self, reply: Reply) -> None:
         handle = reply.handle
         failure: AgentError | None = None
+        apologize = False
         try:
             try:
                 await reply.run()
@@ -512,9 +521,21 @@ class VoiceSession:
             if failure is not None:
                 self._emit_error("reply", failure)
                 handle.interrupted = True  # commit only what was heard before the failure
+                # every provider of a stage failed before the caller heard a word:
+                # a turn never goes silent (a reply cut mid-way just ends)
+                apologize = isinstance(failure, AllProvidersFailedError) and not (
+                    handle.heard_text or reply.plan.canned is not None
+                )
                 self.playout.clear(handle.id)
         finally:
             self._commit_reply(handle)
+        if apologize and self._reply is None and self.accepting_input:
+            self._apologize(handle.turn_id)
+
+    def _apologize(self, turn_id: str) -> None:
+        """Say the configured apology in the local voice (heard, so it joins the history)."""
+        plan = ReplyPlan(canned=self.config.fallback.apology)
+        self._start_reply(turn_id, TurnClock.now(), plan, local_voice=True)
 
     def _on_speaking(self, handle: SpeechHandle) -> None:
         if self._reply is handle and self._state is SessionState.THINKING:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import uvicorn
 
+from agent.config import AgentConfig
+from agent.errors import ConfigError
+from agent.provider_config import CloudCredentials
 from signaling.app import create_app
 from signaling.settings import ServerSettings
 
@@ -32,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         if v is not None
     }
     settings = ServerSettings(**overrides)
+    try:  # what can be checked without loading a model fails here, in one line
+        chains = AgentConfig.load(settings.agent_config).providers.with_environment(os.environ)
+        CloudCredentials.from_env().check(chains)
+    except ConfigError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

@@ -19,14 +19,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from agent.config import AgentConfig
 from agent.errors import AgentError, ProviderError
-from agent.phrase_cache import CachedTTS
+from agent.phrase_cache import cached_tts
 from agent.pricing import PriceTable
 from agent.runtime import AgentModels
 from media.errors import AudioFormatError
 from signaling.admission import RETRY_AFTER_S, AdmissionError, authorize
 from signaling.bodylimit import BodyLimitMiddleware
 from signaling.calls import CallLimitError, CallManager
-from signaling.metrics import ServerMetrics
+from signaling.metrics import ServerMetrics, breaker_states
 from signaling.rooms import Room, RoomRegistry
 from signaling.settings import ServerSettings
 from signaling.sip import start_sip
@@ -105,9 +105,11 @@ def create_app(
             models if models is not None else await asyncio.to_thread(AgentModels.load, config)
         )
         # Calls speak through the phrase cache (greetings and fixed phrases come back at once).
-        call_models = dataclasses.replace(loaded, tts=CachedTTS(loaded.tts, store.phrases))
+        call_models = dataclasses.replace(loaded, tts=cached_tts(loaded.tts, store.phrases))
         metrics = ServerMetrics(prices)
         metrics.watch_store(store.stats)
+        if loaded.fallback_stats is not None:
+            metrics.watch_fallback(loaded.fallback_stats, lambda: breaker_states(loaded))
         calls = CallManager(
             call_models,
             config,

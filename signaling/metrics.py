@@ -10,7 +10,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.events import AgentEvent, InterruptionEvent, MetricsEvent
+from agent.fallback import BreakerState, CircuitBreaker, FallbackStats
 from agent.pricing import PriceTable, stage_uses
+from agent.runtime import AgentModels
 from media.sip.server import SipStats
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -119,6 +121,67 @@ class _SipCollector(Collector):
         yield packets
 
 
+class _FallbackCollector(Collector):
+    """Reads the provider chains' counters and breaker states at scrape time."""
+
+    def __init__(
+        self,
+        stats: FallbackStats,
+        breakers: Callable[[], Mapping[tuple[str, str], BreakerState]],
+    ) -> None:
+        self._stats = stats
+        self._breakers = breakers
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        failures = CounterMetricFamily(
+            "parley_provider_failures",
+            "Failed or skipped provider attempts, by stage, provider and kind",
+            labels=["stage", "provider", "kind"],
+        )
+        for (stage, provider, kind), n in sorted(stats.failures.items()):
+            failures.add_metric([stage, provider, kind.value], n)
+        yield failures
+        for name, counter, text in (
+            ("parley_provider_retries", stats.retries, "Retries on the same provider"),
+            (
+                "parley_provider_fallbacks",
+                stats.fallbacks,
+                "Requests a provider took over after earlier ones failed",
+            ),
+        ):
+            family = CounterMetricFamily(name, text, labels=["stage", "provider"])
+            for (stage, provider), n in sorted(counter.items()):
+                family.add_metric([stage, provider], n)
+            yield family
+        exhausted = CounterMetricFamily(
+            "parley_provider_exhausted",
+            "Requests no provider of the chain served (the caller heard the apology)",
+            labels=["stage"],
+        )
+        for stage, n in sorted(stats.exhausted.items()):
+            exhausted.add_metric([stage], n)
+        yield exhausted
+        state = GaugeMetricFamily(
+            "parley_provider_circuit_open",
+            "1 while a provider's circuit breaker keeps requests away (open or half-open)",
+            labels=["stage", "provider"],
+        )
+        for (stage, provider), value in sorted(self._breakers().items()):
+            state.add_metric([stage, provider], 0 if value is BreakerState.CLOSED else 1)
+        yield state
+
+
+def breaker_states(models: AgentModels) -> dict[tuple[str, str], BreakerState]:
+    """Each chained provider's breaker state, by (stage, provider)."""
+    out: dict[tuple[str, str], BreakerState] = {}
+    for stage, provider in (("stt", models.stt), ("llm", models.llm), ("tts", models.tts)):
+        breakers: Mapping[str, CircuitBreaker] = getattr(provider, "breakers", {})
+        for name, breaker in breakers.items():
+            out[(stage, name)] = breaker.state
+    return out
+
+
 class ServerMetrics:
     """The server's metrics in their own registry (safe with several apps per process).
 
@@ -186,6 +249,14 @@ class ServerMetrics:
     def watch_sip(self, sip: Callable[[], SipStats], rtp: Callable[[], Mapping[str, int]]) -> None:
         """Export SIP responses by code and RTP packet counters (lost, late...)."""
         self.registry.register(_SipCollector(sip, rtp))
+
+    def watch_fallback(
+        self,
+        stats: FallbackStats,
+        breakers: Callable[[], Mapping[tuple[str, str], BreakerState]],
+    ) -> None:
+        """Export the provider chains' failures, retries, fallbacks and breaker states."""
+        self.registry.register(_FallbackCollector(stats, breakers))
 
     def watch_store(self, stats: Callable[[], Mapping[str, int]]) -> None:
         """Export the store's counters (``Store.stats``) as ``parley_store_*`` metrics."""

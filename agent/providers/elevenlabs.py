@@ -103,6 +103,10 @@ _ws_log = logging.getLogger(f"{__name__}.websocket")
 _ws_log.setLevel(logging.INFO)
 
 
+ELEVENLABS_BASE_URL = "https://api.elevenlabs.io"
+"""Root of ElevenLabs' API (HTTP; the WebSocket uses the same host over wss)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ElevenLabsVoiceSettings:
     """Per-request voice settings; ``None`` keeps the voice's stored value."""
@@ -136,7 +140,7 @@ class ElevenLabsSettings:
 
     api_key: str = field(repr=False)
     voice_id: str
-    base_url: str = "https://api.elevenlabs.io"
+    base_url: str = ELEVENLABS_BASE_URL
     """HTTP(S) root of the API; the WebSocket uses the same host (ws/wss)."""
     model_id: str = "eleven_flash_v2_5"
     """Flash v2.5: ElevenLabs' lowest-latency model (about 75 ms of model time)."""

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ModelLoadError, ProviderError
-from agent.llm import ChatMessage, GenerationSettings, LLMDelta, TextDelta, ToolSpec
+from agent.llm import ChatMessage, GenerationSettings, LLMDelta, TextDelta, ToolSpec, UsageDelta
 from agent.providers.executor import ExecutorClosedError, InferenceExecutor
 
 log = logging.getLogger(__name__)
@@ -182,15 +182,19 @@ class LlamaLLM:
 
         job.add_done_callback(finished)
         self._stops.add(stop)
+        pieces = 0
         try:
             while True:
                 item = await queue.get()
                 if isinstance(item, _Done):
                     if stop.is_set():  # close() cut the reply short: not a whole answer
                         raise ExecutorClosedError(PROVIDER)
+                    # local: no bill; the pieces are llama.cpp's tokens
+                    yield UsageDelta("local", self.model, 0, pieces)
                     return
                 if isinstance(item, BaseException):
                     raise item
+                pieces += 1
                 yield TextDelta(item)
         finally:
             # Never wait for the worker: a queued job is dequeued here and
