@@ -29,6 +29,7 @@ from agent.llm import (
     ToolCallAssembler,
     ToolCallDelta,
     ToolSpec,
+    UsageDelta,
 )
 from agent.providers.executor import ExecutorClosedError, InferenceExecutor
 from agent.providers.llama import LlamaLLM, LlamaSettings, render_messages
@@ -333,7 +334,10 @@ async def test_llama_answers_a_history_with_tool_calls(llama: LlamaLLM) -> None:
             history, GenerationSettings(max_tokens=24, temperature=0.0), [spec]
         )
     ]
-    assert deltas and all(isinstance(d, TextDelta) for d in deltas)
+    # text only (the local model ignores tools), then one usage report of its own
+    *text, usage = deltas
+    assert text and all(isinstance(d, TextDelta) for d in text)
+    assert usage == UsageDelta("local", llama.model, 0, len(text))
     assert llama.model.startswith("SmolLM2")
 
 
