@@ -421,7 +421,7 @@ class VoiceSession:
         if final:
             self._apply(self._barge.turn_transcribed(0))
             if isinstance(error, AllProvidersFailedError) and self._reply is None:
-                self._apologize(turn_id)
+                self._apologize()
                 return
             self._start_held()
 
@@ -530,12 +530,13 @@ class VoiceSession:
         finally:
             self._commit_reply(handle)
         if apologize and self._reply is None and self.accepting_input:
-            self._apologize(handle.turn_id)
+            self._apologize()
 
-    def _apologize(self, turn_id: str) -> None:
-        """Say the configured apology in the local voice (heard, so it joins the history)."""
+    def _apologize(self) -> None:
+        """Say the configured apology in the local voice, as a turn of its own (heard, so
+        it joins the history after the failed reply)."""
         plan = ReplyPlan(canned=self.config.fallback.apology)
-        self._start_reply(turn_id, TurnClock.now(), plan, local_voice=True)
+        self._start_reply(new_turn_id(), TurnClock.now(), plan, local_voice=True)
 
     def _on_speaking(self, handle: SpeechHandle) -> None:
         if self._reply is handle and self._state is SessionState.THINKING:

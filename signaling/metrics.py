@@ -149,6 +149,12 @@ class _FallbackCollector(Collector):
                 stats.fallbacks,
                 "Requests a provider took over after earlier ones failed",
             ),
+            (
+                "parley_provider_reroutes",
+                stats.reroutes,
+                "TTS input streams moved off a provider before any audio "
+                "(the rest of the chain spoke them)",
+            ),
         ):
             family = CounterMetricFamily(name, text, labels=["stage", "provider"])
             for (stage, provider), n in sorted(counter.items()):

@@ -11,6 +11,9 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 log = logging.getLogger(__name__)
+# aiosqlite logs every statement with its parameters at DEBUG: turn texts, chat
+# inputs and replies would reach the logs of a server run with --log-level debug.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

@@ -31,11 +31,17 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    models: AgentModels, store: StoreSettings | None = None, **settings: object
+    models: AgentModels,
+    store: StoreSettings | None = None,
+    *,
+    close_models: bool = False,
+    **settings: object,
 ) -> Iterator[str]:
     """Serve the app with shared ``models``; yields its base URL.
 
     The store defaults to a fresh embedded one (SQLite in a temp directory).
+    With ``close_models`` the models are closed on the server's event loop when
+    it stops: cloud providers' connections belong to the loop that used them.
     """
     port = free_port()
     cfg = ServerSettings(host="127.0.0.1", port=port, jwt_secret=TEST_SECRET, **settings)  # type: ignore[arg-type]
@@ -47,7 +53,15 @@ def running_server(
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        finally:
+            if close_models:
+                await models.aclose()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:

@@ -7,6 +7,7 @@ never on the event loop; their exceptions are translated into ``ProviderError``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,10 @@ from agent.errors import ModelLoadError, ProviderError
 from agent.providers.executor import InferenceExecutor
 from agent.tts import SpeechChunk
 from media.frames import PCM, float_to_int16
+
+# piper logs the text of every ``PiperVoice.synthesize`` call at DEBUG ("text=...,
+# phonemes=..."): never let a global DEBUG level put what is spoken in a log line.
+logging.getLogger("piper.voice").setLevel(logging.INFO)
 
 
 def default_voice_path() -> Path:
