@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 
 from agent.errors import ProviderError
-from agent.fallback.breaker import BreakerSettings, CircuitBreaker, Clock
-from agent.fallback.chain import ChainEntry, ProviderChain
+from agent.fallback.breaker import BreakerSettings, Clock
+from agent.fallback.chain import ChainEntry
 from agent.fallback.policy import Limits, RetryPolicy
 from agent.fallback.stats import FallbackStats
-from agent.fallback.wrapper import close_all
+from agent.fallback.wrapper import ChainWrapper
 from agent.llm import (
     LLM,
     ChatMessage,
@@ -29,7 +29,7 @@ def _commits(delta: LLMDelta) -> bool:
     return isinstance(delta, ToolCallDelta) or (isinstance(delta, TextDelta) and bool(delta.text))
 
 
-class FallbackLLM:
+class FallbackLLM(ChainWrapper[LLM]):
     """Streams each reply from the first provider of ``chain`` that answers in time.
 
     Before the first text or tool-call delta, a provider that fails or
@@ -56,33 +56,15 @@ class FallbackLLM:
         stats: FallbackStats | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
-        self.limits = limits or Limits()
-        self._chain = ProviderChain(
-            "llm",
-            chain,
-            policy=policy or RetryPolicy(),
-            breaker=breaker or BreakerSettings(),
-            clock=clock,
-            stats=stats,
-            draw=draw,
+        super().__init__(
+            "llm", chain, limits, policy, breaker=breaker, clock=clock, stats=stats, draw=draw
         )
-        self.model = "|".join(f"{e.name}:{e.provider.model}" for e in self._chain.entries)
+        self.model = "|".join(f"{e.name}:{e.provider.model}" for e in self.engine.entries)
         """The chain, e.g. ``"groq:llama-3.3-70b|local:smollm2"``."""
         self.supports_tools = any(
-            getattr(e.provider, "supports_tools", True) for e in self._chain.entries
+            getattr(e.provider, "supports_tools", True) for e in self.engine.entries
         )
         """Whether some provider takes tools (the others ignore the specs and answer in text)."""
-        self._closed = False
-
-    @property
-    def stats(self) -> FallbackStats:
-        """The counters this chain writes to."""
-        return self._chain.stats
-
-    @property
-    def breakers(self) -> Mapping[str, CircuitBreaker]:
-        """Each provider's circuit breaker, by chain name (for health and metrics)."""
-        return {e.name: e.breaker for e in self._chain.entries}
 
     async def stream(
         self,
@@ -101,7 +83,7 @@ class FallbackLLM:
         def trailer(entry: ChainEntry[LLM]) -> Iterable[LLMDelta]:
             return () if usage_seen else (UsageDelta(entry.name, entry.provider.model),)
 
-        deltas = self._chain.relay(
+        deltas = self.engine.relay(
             open_stream,
             commits=_commits,
             limit_s=self.limits.llm_first_token_s,
@@ -115,10 +97,3 @@ class FallbackLLM:
                 yield delta
         finally:
             await deltas.aclose()
-
-    async def aclose(self) -> None:
-        """Close every provider of the chain; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await close_all("llm", [(e.name, e.provider) for e in self._chain.entries])

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from agent.errors import ConfigError, ProviderError
-from agent.fallback.breaker import BreakerSettings, CircuitBreaker, Clock
-from agent.fallback.chain import ProviderChain
+from agent.fallback.breaker import BreakerSettings, Clock
 from agent.fallback.policy import Limits, RetryPolicy
 from agent.fallback.stats import FallbackStats
-from agent.fallback.wrapper import close_all
+from agent.fallback.wrapper import ChainWrapper
 from agent.stt import STT, Transcript
 from media.frames import FloatPCM
 
 
-class FallbackSTT:
+class FallbackSTT(ChainWrapper[STT]):
     """Transcribes with the first provider of ``chain`` that answers in time.
 
     Final transcriptions go through the whole chain: a provider that fails
@@ -47,38 +46,20 @@ class FallbackSTT:
         stats: FallbackStats | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
-        self.limits = limits or Limits()
-        self._chain = ProviderChain(
-            "stt",
-            chain,
-            policy=policy or RetryPolicy(),
-            breaker=breaker or BreakerSettings(),
-            clock=clock,
-            stats=stats,
-            draw=draw,
+        super().__init__(
+            "stt", chain, limits, policy, breaker=breaker, clock=clock, stats=stats, draw=draw
         )
-        entries = self._chain.entries
+        entries = self.engine.entries
         rates = {e.provider.sample_rate for e in entries}
         if len(rates) != 1:
             raise ConfigError(f"stt: the chain's providers take different sample rates {rates}")
         self.sample_rate = entries[0].provider.sample_rate
-        self._partials = self._chain.entry(partials_from or entries[-1].name)
-        self._closed = False
+        self._partials = self.engine.entry(partials_from or entries[-1].name)
 
     @property
     def partials_from(self) -> str:
         """The chain entry that serves partial transcriptions."""
         return self._partials.name
-
-    @property
-    def stats(self) -> FallbackStats:
-        """The counters this chain writes to."""
-        return self._chain.stats
-
-    @property
-    def breakers(self) -> Mapping[str, CircuitBreaker]:
-        """Each provider's circuit breaker, by chain name (for health and metrics)."""
-        return {e.name: e.breaker for e in self._chain.entries}
 
     async def transcribe(self, audio: FloatPCM, *, partial: bool = False) -> Transcript:
         """Transcribe ``audio``; see the class docstring for who serves it."""
@@ -90,7 +71,7 @@ class FallbackSTT:
 
         limit = self.limits.stt_transcript_s
         if partial:
-            attempt, transcript = await self._chain.first(
+            attempt, transcript = await self.engine.first(
                 call,
                 limit_s=limit,
                 budget_s=min(limit, self.limits.budget_s),
@@ -98,15 +79,8 @@ class FallbackSTT:
                 max_attempts=1,
             )
         else:
-            attempt, transcript = await self._chain.first(
+            attempt, transcript = await self.engine.first(
                 call, limit_s=limit, budget_s=self.limits.budget_s
             )
         attempt.succeed()
         return transcript
-
-    async def aclose(self) -> None:
-        """Close every provider of the chain; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await close_all("stt", [(e.name, e.provider) for e in self._chain.entries])

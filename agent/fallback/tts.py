@@ -17,11 +17,11 @@ from functools import partial
 from agent.chunker import ChunkerSettings
 from agent.errors import ConfigError, ProviderError
 from agent.fallback.breaker import BreakerSettings, CircuitBreaker, Clock
-from agent.fallback.chain import ChainEntry, ProviderChain
+from agent.fallback.chain import ChainEntry
 from agent.fallback.policy import Limits, RetryPolicy
 from agent.fallback.stats import FallbackStats
 from agent.fallback.tts_stream import FallbackInputStream
-from agent.fallback.wrapper import close_all
+from agent.fallback.wrapper import ChainWrapper
 from agent.tts import TTS, SpeechChunk, StreamingTTS, TTSInputStream
 
 
@@ -29,7 +29,7 @@ def _audible(chunk: SpeechChunk) -> bool:
     return chunk.pcm.size > 0
 
 
-class FallbackTTS:
+class FallbackTTS(ChainWrapper[TTS]):
     """Speaks each text with the first provider of ``chain`` that starts in time.
 
     Before the first audio, a provider that fails or exceeds
@@ -54,31 +54,12 @@ class FallbackTTS:
         stats: FallbackStats | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
-        self.limits = limits or Limits()
-        self.engine: ProviderChain[TTS] = ProviderChain(
-            "tts",
-            chain,
-            policy=policy or RetryPolicy(),
-            breaker=breaker or BreakerSettings(),
-            clock=clock,
-            stats=stats,
-            draw=draw,
+        super().__init__(
+            "tts", chain, limits, policy, breaker=breaker, clock=clock, stats=stats, draw=draw
         )
-        """The chain's engine (entries, breakers, counters)."""
         first = self.engine.entries[0].provider
         self.sample_rate = first.sample_rate
         self.voice = first.voice
-        self._closed = False
-
-    @property
-    def stats(self) -> FallbackStats:
-        """The counters this chain writes to."""
-        return self.engine.stats
-
-    @property
-    def breakers(self) -> Mapping[str, CircuitBreaker]:
-        """Each provider's circuit breaker, by chain name (for health and metrics)."""
-        return {e.name: e.breaker for e in self.engine.entries}
 
     def stream(self, text: str) -> AsyncGenerator[SpeechChunk, None]:
         """Yield the audio of ``text`` from the first provider that starts in time."""
@@ -102,13 +83,6 @@ class FallbackTTS:
             budget_s=self.limits.budget_s,
             entries=entries,
         )
-
-    async def aclose(self) -> None:
-        """Close every provider of the chain; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await close_all("tts", [(e.name, e.provider) for e in self.engine.entries])
 
 
 class StreamingFallbackTTS:
