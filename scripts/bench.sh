@@ -3,7 +3,7 @@
 # 127.0.0.1 with the embedded defaults, aiortc caller peers over loopback WebRTC, and
 # bench/results/<date>.json, <date>.md and <date>-*.png as the output.
 #
-#   scripts/bench.sh              full run (~25 min on 2 cores)
+#   scripts/bench.sh              full run (~40 min on 2 cores, the cloud scenario included)
 #   scripts/bench.sh --quick      smoke run (~3 min)
 #   scripts/bench.sh --profile --scenarios v2v,turns --set turn.end_of_turn_silence_ms=450 --tag eot450
 #

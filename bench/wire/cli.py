@@ -2,8 +2,10 @@
 
 ::
 
-    .venv/bin/python -m bench.wire [--scenarios v2v,turns,bargein,concurrency,soak,install,sip]
+    .venv/bin/python -m bench.wire
+        [--scenarios v2v,turns,bargein,concurrency,soak,install,sip,cloud]
         [--quick] [--config agent.yaml] [--set turn.end_of_turn_silence_ms=450 ...]
+        [--levels 1,2,4,8,16] [--cloud-levels 1,5,10,20,30] [--level-seconds 60]
         [--profile] [--out bench/results] [--tag TAG] [--compare earlier.json]
 
 The server runs as a subprocess (``python -m signaling``) on a free
@@ -11,7 +13,9 @@ The server runs as a subprocess (``python -m signaling``) on a free
 greets each call with a long canned reply. The ``sip`` scenario starts its
 own servers with SIP and RTP on free loopback ports (the plain agent for
 PCMU, again for G.722, and the greeter) and calls them with
-``bench.wire.sip_phone``. Results: ``<out>/<date>[-tag].json``,
+``bench.wire.sip_phone``. The ``cloud`` scenario starts the loopback cloud
+vendors in a process of their own (``bench.wire.vendors``) and a server
+whose provider chains use them. Results: ``<out>/<date>[-tag].json``,
 ``<out>/<date>[-tag].md`` and ``<out>/<date>[-tag]-*.png``. Server logs and
 the raw profile go to a temporary work directory named in the JSON.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -39,10 +44,10 @@ import yaml
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
 from bench.wire import report
 from bench.wire.profiler import Profiler
-from bench.wire.scenarios import bargein, concurrency, install, sip, soak, turns, v2v
+from bench.wire.scenarios import bargein, cloud, concurrency, install, sip, soak, turns, v2v
 from bench.wire.scenarios.common import BenchContext, log
 from bench.wire.scenarios.concurrency import Level
-from bench.wire.server import Monitor, ServerProcess, read_proc
+from bench.wire.server import Monitor, ServerError, ServerProcess, read_proc
 from bench.wire.speech import (
     BACKCHANNELS,
     GREETING,
@@ -54,8 +59,9 @@ from bench.wire.speech import (
     speech,
     voices,
 )
+from bench.wire.vendors import VendorError, VendorLatencies, VendorProcess
 
-SCENARIOS = ("v2v", "turns", "bargein", "concurrency", "soak", "install", "sip")
+SCENARIOS = ("v2v", "turns", "bargein", "concurrency", "soak", "install", "sip", "cloud")
 PARTS = ("sip-greeter",)
 """Parts of a scenario that can be run alone: ``sip-greeter`` is SIP barge-in and echo."""
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +78,8 @@ class Plan:
     coughs: int
     backchannels: int
     levels: tuple[Level, ...]
+    cloud_levels: tuple[Level, ...]
+    """Concurrency levels of the cloud scenario."""
     soak_calls: int
     install_timeout_s: float
     sip_g722_questions: int
@@ -81,7 +89,14 @@ class Plan:
     """Greeting heard over the echo before each echo trial's barge-in."""
 
     @classmethod
-    def make(cls, quick: bool, levels: list[int], level_s: float | None, soak: int | None) -> Plan:
+    def make(
+        cls,
+        quick: bool,
+        levels: list[int],
+        level_s: float | None,
+        soak: int | None,
+        cloud_levels: list[int] | None = None,
+    ) -> Plan:
         """The quick smoke plan or the full one (the issue's minimum counts)."""
         if quick:
             secs = level_s or 25.0
@@ -93,6 +108,7 @@ class Plan:
                 coughs=1,
                 backchannels=1,
                 levels=tuple(Level(n, secs, 15.0) for n in levels or [1, 2]),
+                cloud_levels=tuple(Level(n, secs, 15.0) for n in cloud_levels or [1, 5]),
                 soak_calls=soak or 5,
                 install_timeout_s=0.0,
                 sip_g722_questions=1,
@@ -108,6 +124,7 @@ class Plan:
             coughs=4,
             backchannels=3,
             levels=tuple(Level(n, secs, 25.0) for n in levels or [1, 2, 4, 8, 16]),
+            cloud_levels=tuple(Level(n, secs, 25.0) for n in cloud_levels or [1, 5, 10, 20, 30]),
             soak_calls=soak or 100,
             install_timeout_s=1500.0,
             sip_g722_questions=5,
@@ -135,6 +152,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--profile", action="store_true", help="py-spy the server during v2v")
     p.add_argument("--levels", default="", help="concurrency levels, e.g. 1,2,4,8,16")
+    p.add_argument(
+        "--cloud-levels", default="", help="concurrency levels of the cloud scenario, e.g. 1,5,10"
+    )
     p.add_argument("--level-seconds", type=float, default=None, help="duration of each level")
     p.add_argument("--soak-calls", type=int, default=None, help="calls of the soak (100)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results directory")
@@ -256,7 +276,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the selected scenarios; returns the results document."""
     chosen = [s for s in (*SCENARIOS, *PARTS) if s in args.scenarios.split(",")]
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
-    plan = Plan.make(args.quick, levels, args.level_seconds, args.soak_calls)
+    cloud_levels = [int(x) for x in args.cloud_levels.split(",") if x.strip()]
+    plan = Plan.make(args.quick, levels, args.level_seconds, args.soak_calls, cloud_levels)
     work = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     config_path = agent_config(args.config, args.set, work)
     config = AgentConfig.load(config_path)
@@ -300,6 +321,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "sip" in chosen or "sip-greeter" in chosen:
         greeter = agent_config(config_path, [], work, {"greeting": GREETING})
         await _with_server(doc, "sip-greeter", greeter, config, names, args, plan, work)
+    if "cloud" in chosen:
+        await _cloud(doc, config_path, config, names, args, plan, work)
     if "install" in chosen and plan.install_timeout_s > 0:
         await _guard(
             "install",
@@ -321,11 +344,16 @@ async def _with_server(
     args: argparse.Namespace,
     plan: Plan,
     work: Path,
+    vendors: VendorProcess | None = None,
 ) -> None:
     chosen = doc["scenarios_run"]
     results: dict[str, Any] = doc["scenarios"]
     server = ServerProcess(
-        config=config_path, log_path=work / f"server-{role}.log", sip=role.startswith("sip")
+        config=config_path,
+        log_path=work / f"server-{role}.log",
+        max_calls=max([32, *(lv.calls + 2 for lv in (*plan.levels, *plan.cloud_levels))]),
+        sip=role.startswith("sip"),
+        env=vendors.server_env() if vendors is not None else None,
     )
     log(f"starting the {role} server on {server.base_url}")
     ready = await server.start()
@@ -343,6 +371,25 @@ async def _with_server(
             ctx = BenchContext(server, client, monitor, config, names, args.quick)
             if role.startswith("sip"):
                 await _sip(ctx, role, results["sip"], plan)
+                return
+            if role == "cloud":
+                if vendors is None:
+                    raise ValueError("the cloud server needs the vendors")
+                async with Monitor(vendors.pid) as vendor_monitor:
+                    await _guard(
+                        "cloud",
+                        results,
+                        90.0 * plan.v2v_calls * plan.v2v_turns_per_call
+                        + sum(lv.duration_s + lv.drain_s + 120 for lv in plan.cloud_levels)
+                        + 60,
+                        lambda: cloud.run(
+                            dataclasses.replace(ctx, vendors=vendor_monitor),
+                            vendors.latencies,
+                            plan.v2v_calls,
+                            plan.v2v_turns_per_call,
+                            list(plan.cloud_levels),
+                        ),
+                    )
                 return
             if role == "bargein":
                 await _guard(
@@ -391,6 +438,37 @@ async def _with_server(
         code = await server.stop()
         doc["servers"][role]["exit_code"] = code
         doc["servers"][role]["log"] = str(server.log_path)
+
+
+async def _cloud(
+    doc: dict[str, Any],
+    config_path: Path | None,
+    config: AgentConfig,
+    names: list[str],
+    args: argparse.Namespace,
+    plan: Plan,
+    work: Path,
+) -> None:
+    """The cloud scenario: the loopback vendors' process, then a server that uses them."""
+    vendors = VendorProcess(VendorLatencies(), work / "vendors.log")
+    log("starting the loopback cloud vendors")
+    try:
+        ready = await vendors.start()
+    except (VendorError, OSError) as exc:  # the other scenarios' figures must survive
+        doc["scenarios"]["cloud"] = {"error": f"vendors did not start: {exc}"}
+        return
+    log(f"vendors ready in {ready:.2f} s: {vendors.urls}")
+    doc["vendors"] = {
+        "latencies": vendors.latencies.to_json(),
+        "ready_s": round(ready, 2),
+        "log": str(vendors.log_path),
+    }
+    try:
+        await _with_server(doc, "cloud", config_path, config, names, args, plan, work, vendors)
+    except ServerError as exc:  # e.g. the cloud SDKs are not installed
+        doc["scenarios"]["cloud"] = {"error": f"server did not start: {exc}"}
+    finally:
+        doc["vendors"]["served"] = await vendors.stop()
 
 
 async def _sip(ctx: BenchContext, role: str, results: dict[str, Any], plan: Plan) -> None:

@@ -61,6 +61,14 @@ def latency(doc: dict[str, Any], path: Path) -> Path | None:
         values = [t["v2v_ms"] for t in lv["turns"] if t["v2v_ms"]]
         if values:
             series.append((f"v2v\n{lv['calls']} sim.", values))
+    cloud = sc.get("cloud", {})
+    if cloud.get("v2v", {}).get("turns"):
+        turns = cloud["v2v"]["turns"]
+        series.append(("cloud\n1 call", [t["v2v_ms"] for t in turns if t["v2v_ms"]]))
+    for lv in cloud.get("levels", []):
+        values = [t["v2v_ms"] for t in lv["turns"] if t["v2v_ms"]]
+        if values:
+            series.append((f"cloud\n{lv['calls']} sim.", values))
     soak = sc.get("soak", {})
     b = sc.get("bargein", {})
     stops = [t["stop_ms"] for t in b.get("interruptions", []) if t.get("stop_ms") is not None]
@@ -92,7 +100,19 @@ def latency(doc: dict[str, Any], path: Path) -> Path | None:
 
 def stages(doc: dict[str, Any], path: Path) -> Path | None:
     """Stacked per-turn breakdown of the single-call voice-to-voice time."""
-    turns = [t for t in doc["scenarios"].get("v2v", {}).get("turns", []) if t.get("stages")]
+    turns = doc["scenarios"].get("v2v", {}).get("turns", [])
+    return _stages(turns, path, "Voice-to-voice per turn, split into stages (1 call)")
+
+
+def cloud_stages(doc: dict[str, Any], path: Path) -> Path | None:
+    """``stages`` of the cloud scenario's single calls."""
+    turns = doc["scenarios"].get("cloud", {}).get("v2v", {}).get("turns", [])
+    title = "Cloud providers (loopback vendors): voice-to-voice per turn by stage (1 call)"
+    return _stages(turns, path, title)
+
+
+def _stages(all_turns: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    turns = [t for t in all_turns if t.get("stages")]
     if not turns:
         return None
     turns.sort(key=lambda t: t["v2v_ms"])
@@ -107,7 +127,7 @@ def stages(doc: dict[str, Any], path: Path) -> Path | None:
     ax.set_xticks(x, [str(i + 1) for i in range(len(turns))], fontsize=7)
     ax.set_xlabel("turn (sorted by voice-to-voice)")
     ax.set_ylabel("ms")
-    ax.set_title("Voice-to-voice per turn, split into stages (1 call)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
@@ -115,7 +135,19 @@ def stages(doc: dict[str, Any], path: Path) -> Path | None:
 
 def concurrency(doc: dict[str, Any], path: Path) -> Path | None:
     """Voice-to-voice, CPU, RSS and underruns against the number of simultaneous calls."""
-    levels = doc["scenarios"].get("concurrency", {}).get("levels", [])
+    return _levels(doc["scenarios"].get("concurrency", {}).get("levels", []), path)
+
+
+def cloud_concurrency(doc: dict[str, Any], path: Path) -> Path | None:
+    """``concurrency`` of the cloud scenario, with its voice-to-voice target."""
+    cloud = doc["scenarios"].get("cloud", {})
+    target = cloud.get("target", {}).get("v2v_p90_ms")
+    return _levels(cloud.get("levels", []), path, target, "cloud: ")
+
+
+def _levels(
+    levels: list[dict[str, Any]], path: Path, target_ms: float | None = None, prefix: str = ""
+) -> Path | None:
     levels = [lv for lv in levels if lv.get("v2v_ms") or lv.get("server_cpu_pct") is not None]
     if not levels:
         return None
@@ -135,21 +167,34 @@ def concurrency(doc: dict[str, Any], path: Path) -> Path | None:
                 fontsize=7,
                 ha="center",
             )
+    if target_ms is not None:
+        a1.axhline(target_ms, color="grey", linestyle=":", label=f"p90 target {target_ms:g} ms")
     a1.set_xscale("log", base=2)
     a1.set_yscale("log")
     _log_axis(a1.yaxis)
     a1.set_xticks(calls, [str(c) for c in calls])
     a1.set_xlabel("simultaneous calls")
     a1.set_ylabel("voice-to-voice ms (log)")
-    a1.set_title("Voice-to-voice (labels: answered/asked)", fontsize=9)
+    a1.set_title(f"{prefix}voice-to-voice (labels: answered/asked)", fontsize=9)
     a1.grid(which="both", alpha=0.3)
     a1.legend(fontsize=8)
     cpu = [lv.get("server_cpu_pct") or np.nan for lv in levels]
     rss = [lv.get("server_rss_peak_mb") or np.nan for lv in levels]
     a2.plot(calls, cpu, "o-", color=COLORS[2], label="server CPU % (200 = 2 cores)")
+    vendors = [lv.get("vendors_cpu_pct") for lv in levels]
+    if any(v is not None for v in vendors):
+        a2.plot(
+            calls,
+            [np.nan if v is None else v for v in vendors],
+            "d-.",
+            color=COLORS[5],
+            label="loopback vendors CPU %",
+        )
     loop = [lv.get("server_threads_cpu_pct", {}).get("MainThread", np.nan) for lv in levels]
     if not all(np.isnan(v) for v in loop):
         a2.plot(calls, loop, "^:", color=COLORS[1], label="event loop thread CPU %")
+    callers = [lv.get("client_cpu_pct") or np.nan for lv in levels]
+    a2.plot(calls, callers, "v-.", color=COLORS[6], label="callers' process CPU %")
     a2.set_xscale("log", base=2)
     a2.set_xticks(calls, [str(c) for c in calls])
     a2.set_xlabel("simultaneous calls")
@@ -166,7 +211,7 @@ def concurrency(doc: dict[str, Any], path: Path) -> Path | None:
             )
     lines = a2.get_lines() + a3.get_lines()
     a2.legend(lines, [str(ln.get_label()) for ln in lines], fontsize=7, loc="upper left")
-    a2.set_title("Server CPU and RSS (labels: underruns/min of speech)", fontsize=9)
+    a2.set_title(f"{prefix}server CPU and RSS (labels: underruns/min of speech)", fontsize=9)
     return _save(fig, path)
 
 
@@ -193,7 +238,14 @@ def soak(doc: dict[str, Any], path: Path) -> Path | None:
 
 def write_all(doc: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
     """Write every plot the document has data for; returns name -> path."""
-    makers = {"latency": latency, "stages": stages, "concurrency": concurrency, "soak": soak}
+    makers = {
+        "latency": latency,
+        "stages": stages,
+        "concurrency": concurrency,
+        "soak": soak,
+        "cloud-stages": cloud_stages,
+        "cloud-concurrency": cloud_concurrency,
+    }
     paths: dict[str, Path] = {}
     for name, make in makers.items():
         path = make(doc, out / f"{stem}-{name}.png")

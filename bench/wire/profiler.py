@@ -70,6 +70,11 @@ def _stage(thread_name: str, frames: list[str]) -> str:
     return f"other: {thread_name}"
 
 
+def pool_name(thread_name: str) -> str:
+    """A thread's name without its index in its pool (``vad-0`` -> ``vad``, ``uvloop_1``)."""
+    return re.sub(r"[-_]\d+$", "", thread_name)
+
+
 NATIVE = "native threads without Python frames (CTranslate2's STT worker, ONNX pools)"
 _DUMP_THREAD = re.compile(r'^Thread (?P<tid>\d+) \([^)]*\): "(?P<name>[^"]*)"')
 
@@ -91,7 +96,7 @@ def thread_names(pid: int) -> dict[int, str]:
     out: dict[int, str] = {}
     for line in res.stdout.splitlines():
         if m := _DUMP_THREAD.match(line):
-            out[int(m.group("tid"))] = re.sub(r"_\d+$", "", m.group("name"))
+            out[int(m.group("tid"))] = pool_name(m.group("name"))
     return out
 
 
@@ -160,7 +165,7 @@ def summarise(
         if m is None:
             continue
         tid = int(m.group("tid"))
-        name = re.sub(r"_\d+$", "", (m.group("name") or "").strip()) or f"tid {tid}"
+        name = pool_name((m.group("name") or "").strip()) or f"tid {tid}"
         names[tid] = name
         count = int(count_text)
         samples.setdefault(tid, Counter())[_stage(name, frames[1:])] += count

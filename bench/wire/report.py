@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.wire import plots
 from bench.wire.audio import LOUD_DBFS, STOP_HOLD_S, UNDERRUN_MIN_S
+from bench.wire.scenarios import cloud
 from bench.wire.scenarios.common import STAGES
 
 
@@ -123,6 +124,7 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("RSS per added call (slope of peak RSS)", _fmt(per.get("peak_slope"), " MB")))
     elif e := _err(sc, "concurrency"):
         rows.append(("concurrency", f"error: {e}"))
+    rows += _cloud_figures(sc.get("cloud"), doc.get("vendors"))
     if (s := sc.get("soak")) and "before" in s:
         b0, b1 = s["before"], s["after"]
         rows.append(
@@ -151,6 +153,277 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
         if "error" in i:
             rows.append(("install", f"error: {i['error']}"))
     return rows
+
+
+def _injected(lat: dict[str, Any]) -> str:
+    """The loopback vendors' injected latencies in words."""
+    return (
+        f"LLM first token {lat['llm_first_token_s'] * 1000:.0f} ms then "
+        f"{lat['llm_tokens_per_s']:.0f} tokens/s, Whisper {lat['stt_latency_s'] * 1000:.0f} ms "
+        f"per request, TTS first audio {lat['tts_first_audio_s'] * 1000:.0f} ms"
+    )
+
+
+def _served(served: dict[str, dict[str, int]] | None) -> str:
+    """'stt groq 20; llm groq 20; tts elevenlabs 19, local 1' of a served-by count."""
+    if not served:
+        return "-"
+    return "; ".join(
+        f"{stage} " + ", ".join(f"{name} {n}" for name, n in counts.items())
+        for stage, counts in served.items()
+        if counts
+    )
+
+
+def _cloud_share(lv: dict[str, Any]) -> str:
+    """Turns of a level served by the cloud provider of each stage: 'stt/llm/tts of n'."""
+    served = lv.get("served_by") or {}
+    providers = {"stt": "groq", "llm": "groq", "tts": "elevenlabs"}
+    parts = [str((served.get(stage) or {}).get(name, 0)) for stage, name in providers.items()]
+    return f"{'/'.join(parts)} of {lv['turns_answered']}"
+
+
+def _cloud_figures(
+    c: dict[str, Any] | None, vendors: dict[str, Any] | None
+) -> list[tuple[str, str]]:
+    """Headline rows of the cloud scenario (loopback Groq and ElevenLabs)."""
+    if not c:
+        return []
+    if "error" in c:
+        return [("cloud providers", f"error: {c['error']}")]
+    v = c["v2v"]
+    partials = "on" if c["partials"] else "off"
+    rows = [
+        (
+            f"cloud providers (loopback vendors: {_injected(c['latencies'])}; local partials "
+            f"{partials}): voice-to-voice, 1 call: min / median / p90 / p99 / max",
+            _dist(v["v2v_ms"]),
+        )
+    ]
+    st = v.get("stages", {})
+    for key, label in STAGES:
+        s = st.get(key, {})
+        rows.append(
+            (
+                f"  stage: {label} (median / p90)",
+                f"{_fmt(s.get('median'))} / {_fmt(s.get('p90'))} ms",
+            )
+        )
+    rem = v.get("remainder_ms", {})
+    rows.append(
+        (
+            "  remainder: v2v minus end-of-turn silence and injected LLM/TTS latency "
+            "(median / p90)",
+            f"{_fmt(rem.get('median'))} / {_fmt(rem.get('p90'))} ms",
+        )
+    )
+    rows.append(
+        (
+            "  unanswered; underruns; turns served by",
+            f"{v.get('unanswered')}; {v.get('underruns')} ({v.get('underrun_ms')} ms over "
+            f"{v.get('reply_audio_s')} s); {_served(v.get('served_by'))}",
+        )
+    )
+    for lv in c["levels"]:
+        m = lv["v2v_ms"]
+        per = lv.get("cpu_per_call_pct", {})
+        rows.append(
+            (
+                f"cloud concurrency {lv['calls']}: v2v median / p90; answered; underruns; "
+                "server CPU (per call); vendors CPU",
+                f"{_fmt(m.get('median'))} / {_fmt(m.get('p90'))} ms; "
+                f"{lv['turns_answered']}/{lv['turns_asked']}; {lv['underruns']}; "
+                f"{_fmt(lv['server_cpu_pct'])} % ({_fmt(per.get('total'))} %); "
+                f"{_fmt(lv.get('vendors_cpu_pct'))} %",
+            )
+        )
+    target = c["target"]
+    held = c.get("holds_calls")
+    rows.append(
+        (
+            f"cloud: most simultaneous calls with every question answered, no underrun and "
+            f"v2v p90 < {target['v2v_p90_ms'] / 1000:g} s (target {target['calls']})",
+            "none of the levels run" if held is None else str(held),
+        )
+    )
+    if vendors and vendors.get("served"):
+        rows.append(
+            (
+                "  requests the loopback vendors answered",
+                ", ".join(f"{k} {n}" for k, n in vendors["served"].items()),
+            )
+        )
+    return rows
+
+
+CLOUD_THREAD_COLUMNS = (*cloud.THREADS, (cloud.OTHER, "other"), ("total", "total"))
+"""Columns of the CPU-per-call table: (key of ``cpu_per_call_pct``, header)."""
+
+
+def _cloud_section(doc: dict[str, Any]) -> list[str]:
+    """The cloud scenario's tables: single-call stages, levels, CPU per call by stage."""
+    c = doc["scenarios"].get("cloud") or {}
+    if "v2v" not in c:
+        return []
+    lat = c["latencies"]
+    v = c["v2v"]
+    served = (doc.get("vendors") or {}).get("served") or {}
+    partials = (
+        "on: partial transcripts from the local Whisper, finals from Groq"
+        if c["partials"]
+        else "off: finals only, from Groq; barge-in is confirmed by VAD and the final"
+    )
+    lines = [
+        "## Cloud providers (loopback Groq and ElevenLabs)",
+        "",
+        "The server ran the provider chains `groq,local` (STT), `groq,local` (LLM) and "
+        "`elevenlabs,local` (TTS) against loopback vendors in a process of their own "
+        f"(`bench.wire.vendors`): {_injected(lat)}, then "
+        f"{lat['tts_realtime_factor']:g}x real time in messages of {lat['tts_chunk_chars']} "
+        "characters (60 ms of audio per character). The LLM answers each question with a "
+        "canned one- or two-sentence reply; Whisper answers the benchmark's questions in turn "
+        f"(it cannot transcribe). `stt.partials` {partials}. The vendors, the callers and "
+        "the server share this machine's cores"
+        + (
+            f"; the vendors answered {', '.join(f'{k} {n}' for k, n in served.items())}."
+            if served
+            else "."
+        ),
+        "",
+        f"One call at a time ({v['questions']} questions, "
+        f"{v['v2v_ms'].get('n', 0)} answered): the stages of the voice-to-voice time next to "
+        "what the vendors inject. The remainder is the caller's voice-to-voice minus the "
+        f"end-of-turn silence ({c['end_of_turn_silence_ms']:.0f} ms) and the injected LLM first "
+        "token and TTS first audio: the server's own overhead plus the WebRTC path.",
+        "",
+    ]
+    st = v.get("stages", {})
+    injected = {
+        "stt_wait_ms": f"{lat['stt_latency_s'] * 1000:.0f} (runs during the silence when the "
+        "speculative final hits)",
+        "llm_first_token_ms": f"{lat['llm_first_token_s'] * 1000:.0f}",
+        "tts_first_audio_ms": f"{lat['tts_first_audio_s'] * 1000:.0f} after the first "
+        "generation's text",
+    }
+    rows: list[list[Any]] = [
+        [label, st.get(key, {}).get("median"), st.get(key, {}).get("p90"), injected.get(key, "-")]
+        for key, label in STAGES
+    ]
+    rows.append(
+        [
+            "caller's voice-to-voice",
+            v["v2v_ms"].get("median"),
+            v["v2v_ms"].get("p90"),
+            f"{(lat['llm_first_token_s'] + lat['tts_first_audio_s']) * 1000:.0f} in all",
+        ]
+    )
+    rem = v.get("remainder_ms", {})
+    rows.append(
+        ["remainder (server overhead + WebRTC path)", rem.get("median"), rem.get("p90"), "-"]
+    )
+    lines += _table(("stage", "median ms", "p90 ms", "injected by the vendors, ms"), rows)
+    lines += [
+        "",
+        f"Simultaneous calls: each caller asks, listens to the whole reply, waits 0.7 s and "
+        f"asks again. A level holds when every call connected, every question was answered, "
+        f"no reply underran and the voice-to-voice p90 stayed under "
+        f"{c['target']['v2v_p90_ms']:.0f} ms. CPU is % of one core (200 % = both cores); "
+        "per call = the server's CPU over the level divided by the calls; other work = the "
+        "machine's busy time (/proc/stat) minus the server, vendors and callers; served by "
+        "cloud = turns whose STT/LLM/TTS the cloud provider served (the rest fell back to "
+        "local).",
+        "",
+    ]
+    lines += _table(
+        (
+            "calls",
+            "answered/asked",
+            "v2v median ms",
+            "v2v p90 ms",
+            "v2v max ms",
+            "underruns (starved/stalled)",
+            "remainder median ms",
+            "server CPU %",
+            "per call %",
+            "vendors CPU %",
+            "callers CPU %",
+            "other work CPU %",
+            "RSS peak MB",
+            "served by cloud",
+            "holds",
+        ),
+        (
+            (
+                lv["calls"],
+                f"{lv['turns_answered']}/{lv['turns_asked']}",
+                lv["v2v_ms"].get("median"),
+                lv["v2v_ms"].get("p90"),
+                lv["v2v_ms"].get("max"),
+                f"{lv['underruns']} ({lv['underruns_starved']}/{lv['underruns_stalled']})",
+                lv.get("remainder_ms", {}).get("median"),
+                lv["server_cpu_pct"],
+                lv.get("cpu_per_call_pct", {}).get("total"),
+                lv.get("vendors_cpu_pct"),
+                lv["client_cpu_pct"],
+                lv.get("others_cpu_pct"),
+                lv["server_rss_peak_mb"],
+                _cloud_share(lv),
+                "yes" if lv.get("holds") else "no",
+            )
+            for lv in c["levels"]
+        ),
+    )
+    held = c.get("holds_calls")
+    lines += [
+        "",
+        f"Held: {'no level' if held is None else f'{held} simultaneous calls'} "
+        f"(target {c['target']['calls']}).",
+        "",
+        "Server CPU per call by stage (% of one core per call: each server thread's CPU over "
+        "the level, from /proc, divided by the calls). The event loop carries WebRTC (ICE, "
+        "DTLS, SRTP, RTP), the sessions, the playout and the vendors' HTTP and WebSocket "
+        "clients; the executor encodes the agent's Opus; the audio decoder decodes the "
+        "callers'; the local Whisper's partial transcripts compute in CTranslate2's native "
+        "threads (its STT worker thread mostly waits on them); the local LLM and TTS only run "
+        "on a fallback:",
+        "",
+    ]
+    lines += _table(
+        ("calls", *(label for _, label in CLOUD_THREAD_COLUMNS)),
+        (
+            (lv["calls"], *(lv.get("cpu_per_call_pct", {}).get(k) for k, _ in CLOUD_THREAD_COLUMNS))
+            for lv in c["levels"]
+        ),
+    )
+    lines += [
+        "",
+        "Stages by level (median / p90 ms), with the `/health` round trip through the "
+        "server's event loop and the lateness of the callers' own 20 ms timers (a late server "
+        "loop shows in the first, a starved caller process in the second):",
+        "",
+    ]
+
+    def pair(s: dict[str, Any] | None, a: str = "median", b: str = "p90") -> str:
+        return f"{_fmt(s.get(a))} / {_fmt(s.get(b))}" if s else "-"
+
+    lines += _table(
+        (
+            "calls",
+            *(label for _, label in STAGES),
+            "/health median / p90",
+            "callers' timer lag p99 / max",
+        ),
+        (
+            (
+                lv["calls"],
+                *(pair((lv.get("stages") or {}).get(key)) for key, _ in STAGES),
+                pair(lv.get("server_health_ms")),
+                pair(lv.get("client_timer_lag_ms"), "p99", "max"),
+            )
+            for lv in c["levels"]
+        ),
+    )
+    return [*lines, ""]
 
 
 SIP_CODECS = (("PCMU", "SIP PCMU"), ("G722", "SIP G.722"))
@@ -352,9 +625,25 @@ def _compare(doc: dict[str, Any], before: dict[str, Any]) -> list[str]:
         out.append(("barge-in stop median ms", b.get("stop_ms", {}).get("median")))
         for key in ("coughs", "backchannels"):
             out.append((f"{key}: false interruptions", b.get(key, {}).get("false_interruptions")))
+        c = sc.get("cloud", {})
+        if "v2v" in c:
+            out += [
+                ("cloud: v2v median ms", c["v2v"]["v2v_ms"].get("median")),
+                ("cloud: v2v p90 ms", c["v2v"]["v2v_ms"].get("p90")),
+                ("cloud: remainder median ms", c["v2v"].get("remainder_ms", {}).get("median")),
+            ]
+            for lv in c["levels"]:
+                calls = f"{lv['calls']} call{'s' if lv['calls'] > 1 else ''}"
+                out += [
+                    (f"cloud, {calls}: v2v p90 ms", lv["v2v_ms"].get("p90")),
+                    (f"cloud, {calls}: underruns", lv["underruns"]),
+                    (f"cloud, {calls}: server CPU %", lv["server_cpu_pct"]),
+                ]
+            out.append(("cloud: most calls held", c.get("holds_calls")))
         return out
 
     old, new = dict(pick(before)), pick(doc)
+    new += [(k, None) for k in old if k not in dict(new)]  # figures only the earlier run has
     lines = [
         "## Before / after",
         "",
@@ -363,7 +652,8 @@ def _compare(doc: dict[str, Any], before: dict[str, Any]) -> list[str]:
         f"{doc['config'].get('overrides') or 'none'}.",
         "",
     ]
-    lines += _table(("figure", "before", "after"), ((k, old.get(k), v) for k, v in new))
+    rows = [(k, old.get(k), v) for k, v in new if old.get(k) is not None or v is not None]
+    lines += _table(("figure", "before", "after"), rows)
     return [*lines, ""]
 
 
@@ -477,6 +767,7 @@ def markdown(
             f"{per.get('idle_connected')} MB per call at each level.",
             "",
         ]
+    lines += _cloud_section(doc)
     prof = doc.get("profile")
     if prof and "stages" in prof:
         lines += [
@@ -551,6 +842,15 @@ def markdown(
         "`parley_barge_ins_total` (confirmed) and `parley_false_interruptions_total` "
         "(paused and resumed) over the greeting before the phone speaks. With G.722 a "
         "starved playout does not decode to exact zeros, so only stalls count as underruns.",
+        "- Cloud providers: the loopback vendors (`bench.wire.vendors`) speak Groq's and "
+        "ElevenLabs' documented protocols and inject the latencies named above; the remainder "
+        "is the caller's voice-to-voice minus the end-of-turn silence setting and the "
+        "injected LLM first token and TTS first audio (the STT's latency is hidden in the "
+        "end-of-turn silence when the speculative final transcription hits, and otherwise "
+        "shows as the final STT wait). The 60 ms of digital silence their synthetic voice "
+        "puts at each space reaches the caller as low-level Opus output, never as exact-zero "
+        "frames (checked over 940 received frames of replies), so starved frames still mean "
+        "an empty playout.",
         f"- Underrun: a gap of at least {UNDERRUN_MIN_S * 1000:.0f} ms inside a reply (first to "
         "last loud frame) that is not a natural pause: 'starved' = received frames of digital "
         "silence (the server's playout had no audio; Piper's own pauses are never exact "

@@ -4,7 +4,8 @@
 measures the time to ready by polling ``/health``, and stops it.
 ``ProcStats`` reads a process's CPU time, RSS, open file descriptors and
 threads from ``/proc`` (Linux); ``Monitor`` samples them in the background so
-a scenario can take the CPU use and peak RSS of any time window.
+a scenario can take the CPU use and peak RSS of any time window;
+``machine_cpu_s`` reads the whole machine's (other work shares it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,16 @@ def read_proc(pid: int) -> ProcSample:
     return ProcSample(t, cpu, rss_pages * _PAGE / 2**20, fds, threads)
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds every process of the machine used since boot (all cores, from /proc/stat).
+
+    Busy time is user, nice, system, irq and softirq; idle, iowait and steal are not.
+    """
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields)
+    return (user + nice + system + irq + softirq) / _CLK_TCK
+
+
 class Monitor:
     """Samples a process every ``period_s`` seconds in a background task."""
 
@@ -156,7 +168,8 @@ class ServerProcess:
     With ``sip=True`` it also takes phone calls: SIP (UDP and TCP) on another
     free loopback port (``sip_address``), RTP on a range of its own
     (``rtp_ports``), and an admin token (``admin_token``) to read the SIP
-    calls' sessions and histories, which have no caller token.
+    calls' sessions and histories, which have no caller token. ``env`` adds
+    to the inherited environment (e.g. provider chains, keys and endpoints).
     """
 
     def __init__(
@@ -169,6 +182,7 @@ class ServerProcess:
         python: str = sys.executable,
         cwd: Path | None = None,
         sip: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.log_path = log_path
@@ -178,6 +192,7 @@ class ServerProcess:
         self.idle_timeout_s = idle_timeout_s
         self.python = python
         self.cwd = cwd
+        self.env = dict(env or {})
         self.proc: asyncio.subprocess.Process | None = None
         self.ready_s: float | None = None
         self.health: dict[str, object] = {}
@@ -207,6 +222,7 @@ class ServerProcess:
             cmd += ["--config", str(self.config)]
         env = {
             **os.environ,
+            **self.env,
             "PARLEY_MAX_CALLS": str(self.max_calls),
             "PARLEY_IDLE_TIMEOUT_S": str(self.idle_timeout_s),
             "PYTHONUNBUFFERED": "1",

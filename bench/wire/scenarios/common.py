@@ -45,6 +45,8 @@ class BenchContext:
     voices: list[str]
     quick: bool
     say: Callable[[str], None] = log
+    vendors: Monitor | None = None
+    """The loopback cloud vendors' process, where a scenario's server uses them."""
 
 
 @dataclass

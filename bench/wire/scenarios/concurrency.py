@@ -7,7 +7,9 @@ per level: voice-to-voice (caller side) median/p90, turns asked/answered/
 completed, agent audio underruns (``bench.wire.audio``: starved = digital
 silence inside a reply, stalled = no frames arriving), server CPU (% of one
 core) and RSS (mean, peak, and with the calls connected but idle), and the
-caller process's own CPU (it shares the machine's cores with the server).
+caller process's own CPU (it shares the machine's cores with the server), the
+loopback cloud vendors' CPU where the server uses them, and the whole
+machine's CPU (the rest is other work on the machine).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from bench.wire.client import WireCaller
 from bench.wire.profiler import cpu_by_thread, thread_cpu, thread_names
 from bench.wire.scenarios.common import BenchContext, Turn, ask, stage_summary
-from bench.wire.server import read_proc
+from bench.wire.server import machine_cpu_s, read_proc
 from bench.wire.speech import QUESTIONS, utterance
 from bench.wire.stats import slope, summarize
 
@@ -99,6 +101,7 @@ async def run_level(ctx: BenchContext, level: Level) -> dict[str, Any]:
         idle = ctx.monitor.now()
         threads0 = thread_cpu(ctx.server.pid)
         client0 = read_proc(me)
+        machine0 = machine_cpu_s()
         stop = asyncio.Event()
         lags: list[float] = []
         health: list[float] = []
@@ -113,6 +116,7 @@ async def run_level(ctx: BenchContext, level: Level) -> dict[str, Any]:
             await asyncio.gather(probe, return_exceptions=True)
         t1 = time.monotonic()
         client1 = read_proc(me)
+        machine1 = machine_cpu_s()
         threads1 = thread_cpu(ctx.server.pid)
         # named at the end: inference threads start lazily on a server's first turn
         names = await asyncio.to_thread(thread_names, ctx.server.pid)
@@ -125,6 +129,7 @@ async def run_level(ctx: BenchContext, level: Level) -> dict[str, Any]:
     gaps = [g for t in turns for g in t.underruns]
     speech_s = sum(t.reply_audio_s for t in turns)
     server = ctx.monitor.window(t0, t1)
+    vendors = ctx.vendors.window(t0, t1) if ctx.vendors is not None else None
     return {
         "calls": level.calls,
         "connected": len(connected),
@@ -150,8 +155,11 @@ async def run_level(ctx: BenchContext, level: Level) -> dict[str, Any]:
             (s.threads for s in ctx.monitor.samples if t0 <= s.t <= t1), default=None
         ),
         "server_threads_cpu_pct": threads,
+        "vendors_cpu_pct": None if vendors is None else vendors["cpu_pct"],
         "server_health_ms": summarize(health),
         "client_cpu_pct": round(100 * (client1.cpu_s - client0.cpu_s) / max(t1 - t0, 1e-6), 1),
+        "machine_cpu_pct": round(100 * (machine1 - machine0) / max(t1 - t0, 1e-6), 1),
+        "loadavg_1m_end": round(os.getloadavg()[0], 2),
         "client_timer_lag_ms": summarize(lags),
         "turns": [t.to_json() for t in turns],
     }
