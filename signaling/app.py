@@ -236,6 +236,13 @@ def _install_routes(app: FastAPI) -> None:
             "status": "ok",
             "models_loaded": True,
             "models": {k: v for k, v in st.models.load_seconds.items()},
+            "providers": {
+                "chains": st.models.chains,
+                "circuits": {
+                    f"{stage}/{name}": state.value
+                    for (stage, name), state in breaker_states(st.models).items()
+                },
+            },
             "active_calls": st.calls.active,
             "max_calls": st.calls.max_calls,
             "store": {

@@ -182,7 +182,8 @@ def breaker_states(models: AgentModels) -> dict[tuple[str, str], BreakerState]:
     """Each chained provider's breaker state, by (stage, provider)."""
     out: dict[tuple[str, str], BreakerState] = {}
     for stage, provider in (("stt", models.stt), ("llm", models.llm), ("tts", models.tts)):
-        breakers: Mapping[str, CircuitBreaker] = getattr(provider, "breakers", {})
+        inner = getattr(provider, "inner", provider)  # the phrase cache wraps the TTS
+        breakers: Mapping[str, CircuitBreaker] = getattr(inner, "breakers", {})
         for name, breaker in breakers.items():
             out[(stage, name)] = breaker.state
     return out

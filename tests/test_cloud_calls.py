@@ -546,6 +546,10 @@ async def test_a_call_on_groq_and_elevenlabs_survives_groq_failing_mid_call(
         assert grew("parley_provider_requests_total", stage="llm", provider="local") == 1
         assert sample(opened, "parley_provider_circuit_open", stage="llm", provider="groq") == 1
         opened_at = time.monotonic()  # the circuit opened before this
+        providers = (await client.get("/health")).json()["providers"]
+        assert providers["chains"]["llm"] == "groq,local"
+        assert providers["circuits"]["llm/groq"] == "open"
+        assert providers["circuits"]["tts/elevenlabs"] == "closed"
 
         # 3. While the circuit is open Groq is not asked: the local model answers.
         skipped = await typed_turn(caller, typed[1])

@@ -52,6 +52,8 @@ async def test_health_docs_page_and_metrics(client: httpx.AsyncClient) -> None:
     health = (await client.get("/health")).json()
     assert health["status"] == "ok" and health["models_loaded"] is True
     assert set(health["models"]) >= {"vad", "stt", "llm", "tts"}
+    # local models only: no chain to fall back along, no circuit breaker
+    assert health["providers"]["circuits"] == {}
     assert (await client.get("/docs")).status_code == 200
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/rooms/{room_id}/offer" in spec["paths"]
