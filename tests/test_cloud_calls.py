@@ -472,8 +472,9 @@ async def history(client: httpx.AsyncClient, call: Call) -> list[dict[str, Any]]
     """
     auth = {"Authorization": f"Bearer {call.session_token}"}
     url = f"/v1/sessions/{call.session_id}"
-    for _ in range(100):  # a hang guard: the writer flushes in milliseconds
-        if (await client.get(url, headers=auth)).json()["status"] == "ended":
+    for _ in range(300):  # a hang guard: the writer flushes in milliseconds
+        got = await client.get(url, headers=auth)
+        if got.status_code == 200 and got.json()["status"] == "ended":
             break
         await asyncio.sleep(0.1)
     else:
@@ -683,7 +684,8 @@ async def test_the_store_logs_no_turn_text_at_debug(
     auth = {"Authorization": f"Bearer {chat['session_token']}"}
     url = f"/v1/sessions/{chat['session_id']}/history"
     for _ in range(300):  # until both turns are written: their statements have run
-        if len((await client.get(url, headers=auth)).json()["turns"]) == 2:
+        got = await client.get(url, headers=auth)  # 404 until the session's row is written
+        if got.status_code == 200 and len(got.json()["turns"]) == 2:
             break
         await asyncio.sleep(0.1)
     else:
