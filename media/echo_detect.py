@@ -30,8 +30,11 @@ which is what they wanted; the echo guard (``agent.echo_guard``) keeps that
 echo from making turns. Judged early on purpose: in the wire benchmark, 1 of
 10 handset barge-ins spoken in the first seconds of the greeting was still
 ``UNKNOWN``, AEC3 suppressed it, and the agent never stopped.
-Cost: one small matrix product per hop (~60
-delays x 100 blocks), tens of microseconds per 20 ms frame.
+Cost: one small matrix product per hop (~60 delays x 100 blocks);
+measured 58 us per 20 ms frame on average on this 2-core machine (30 s of
+agent speech, a judgement every 100 ms), on the canceller's worker thread
+while the agent speaks; while it is silent only the envelopes are kept (on
+the event loop, where the pass-through runs) and nothing is judged.
 """
 
 from __future__ import annotations

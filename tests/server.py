@@ -7,15 +7,18 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from agent.runtime import AgentModels
 from signaling.app import create_app
 from signaling.settings import ServerSettings
+from signaling.state import AppState
 from store.settings import StoreSettings
 
 TEST_SECRET = "test-secret-0123456789abcdef-0123456789"
@@ -75,3 +78,22 @@ def running_server(
         thread.join(timeout=30)
         if tmp is not None:
             tmp.cleanup()
+
+
+@asynccontextmanager
+async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client calling ``app`` in process (no socket)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://parley.test") as c:
+        yield c
+
+
+def app_state(app: FastAPI) -> AppState:
+    """The running app's state (call manager, store, metrics)."""
+    st: AppState = app.state.parley
+    return st
+
+
+def bearer(token: str) -> dict[str, str]:
+    """An ``Authorization`` header for ``token``."""
+    return {"Authorization": f"Bearer {token}"}

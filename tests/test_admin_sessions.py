@@ -21,12 +21,12 @@ from sqlalchemy import update
 
 from signaling.app import create_app
 from signaling.settings import ServerSettings
-from signaling.state import AppState
 from store.models import VoiceSession
 from store.repositories import SessionCursor, TurnRecord
 from store.settings import StoreSettings
 from store.store import Store
 from tests.fakes import fake_models
+from tests.server import app_state, asgi_client, bearer
 
 ADMIN = "operator-" + "k" * 32
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -50,18 +50,8 @@ async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://parley.test") as c:
+    async with asgi_client(app) as c:
         yield c
-
-
-def _state(app: FastAPI) -> AppState:
-    st: AppState = app.state.parley
-    return st
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def _seed(store: Store, sessions: list[tuple[str, str, dt.datetime]]) -> None:
@@ -89,10 +79,10 @@ async def test_list_needs_the_admin_token(app: FastAPI, client: httpx.AsyncClien
     created = (await client.post("/v1/sessions")).json()
     for headers in (
         {},
-        _auth("not-the-admin-token-at-all"),
-        _auth(ADMIN + "x"),
-        _auth(ADMIN[:-1]),
-        _auth(created["token"]),  # a session's own token is not an operator's
+        bearer("not-the-admin-token-at-all"),
+        bearer(ADMIN + "x"),
+        bearer(ADMIN[:-1]),
+        bearer(created["token"]),  # a session's own token is not an operator's
         {"Authorization": f"Basic {ADMIN}"},
         {"Authorization": ADMIN},
     ):
@@ -100,7 +90,7 @@ async def test_list_needs_the_admin_token(app: FastAPI, client: httpx.AsyncClien
         assert r.status_code == 401, (headers, r.text)
         assert r.json()["error"] == "unauthorized"
         assert r.headers["WWW-Authenticate"] == "Bearer"
-    r = await client.get("/v1/sessions", headers=_auth(ADMIN))
+    r = await client.get("/v1/sessions", headers=bearer(ADMIN))
     assert r.status_code == 200, r.text
     assert [s["id"] for s in r.json()["sessions"]] == [created["id"]]
 
@@ -108,8 +98,8 @@ async def test_list_needs_the_admin_token(app: FastAPI, client: httpx.AsyncClien
 async def test_list_is_newest_first_filtered_and_paginated(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    await _seed(_state(app).store, SEEDED)
-    r = await client.get("/v1/sessions", headers=_auth(ADMIN))
+    await _seed(app_state(app).store, SEEDED)
+    r = await client.get("/v1/sessions", headers=bearer(ADMIN))
     assert r.status_code == 200, r.text
     body = r.json()
     assert [s["id"] for s in body["sessions"]] == [
@@ -126,10 +116,10 @@ async def test_list_is_newest_first_filtered_and_paginated(
     assert dt.datetime.fromisoformat(first["started_at"]) == T0 + dt.timedelta(minutes=4)
     assert first["turn_count"] == 0 and first["live_calls"] == []
 
-    r = await client.get("/v1/sessions", params={"transport": "sip"}, headers=_auth(ADMIN))
+    r = await client.get("/v1/sessions", params={"transport": "sip"}, headers=bearer(ADMIN))
     assert [s["id"] for s in r.json()["sessions"]] == ["ses_f", "ses_e", "ses_c", "ses_b"]
     assert all(s["transport"] == "sip" for s in r.json()["sessions"])
-    r = await client.get("/v1/sessions", params={"transport": "livekit"}, headers=_auth(ADMIN))
+    r = await client.get("/v1/sessions", params={"transport": "livekit"}, headers=bearer(ADMIN))
     assert r.json() == {"sessions": [], "next_cursor": None}
 
     # Page through the SIP calls two at a time, then one at a time: the same order, no repeats.
@@ -141,7 +131,7 @@ async def test_list_is_newest_first_filtered_and_paginated(
             params: dict[str, str | int] = {"transport": "sip", "limit": limit}
             if cursor is not None:
                 params["cursor"] = cursor
-            r = await client.get("/v1/sessions", params=params, headers=_auth(ADMIN))
+            r = await client.get("/v1/sessions", params=params, headers=bearer(ADMIN))
             assert r.status_code == 200, r.text
             page = r.json()
             assert 0 < len(page["sessions"]) <= limit
@@ -157,15 +147,15 @@ async def test_list_is_newest_first_filtered_and_paginated(
 async def test_pages_do_not_shift_when_calls_arrive(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    store = _state(app).store
+    store = app_state(app).store
     await _seed(store, SEEDED)
-    r = await client.get("/v1/sessions", params={"limit": 3}, headers=_auth(ADMIN))
+    r = await client.get("/v1/sessions", params={"limit": 3}, headers=bearer(ADMIN))
     first = r.json()
     assert [s["id"] for s in first["sessions"]] == ["ses_f", "ses_e", "ses_d"]
     # A new call starts between two page reads; the next page neither repeats nor skips.
     await _seed(store, [("ses_new", "sip", T0 + dt.timedelta(hours=1))])
     r = await client.get(
-        "/v1/sessions", params={"limit": 3, "cursor": first["next_cursor"]}, headers=_auth(ADMIN)
+        "/v1/sessions", params={"limit": 3, "cursor": first["next_cursor"]}, headers=bearer(ADMIN)
     )
     assert [s["id"] for s in r.json()["sessions"]] == ["ses_c", "ses_b", "ses_a"]
     assert r.json()["next_cursor"] is None
@@ -173,9 +163,9 @@ async def test_pages_do_not_shift_when_calls_arrive(
 
 async def test_bad_limits_and_cursors_are_rejected(client: httpx.AsyncClient) -> None:
     for limit in (0, -1, 201, "many"):
-        r = await client.get("/v1/sessions", params={"limit": limit}, headers=_auth(ADMIN))
+        r = await client.get("/v1/sessions", params={"limit": limit}, headers=bearer(ADMIN))
         assert r.status_code == 422, (limit, r.text)
-    r = await client.get("/v1/sessions", params={"limit": 200}, headers=_auth(ADMIN))
+    r = await client.get("/v1/sessions", params={"limit": 200}, headers=bearer(ADMIN))
     assert r.status_code == 200
     forged = [
         "%%%",
@@ -187,10 +177,10 @@ async def test_bad_limits_and_cursors_are_rejected(client: httpx.AsyncClient) ->
         base64.urlsafe_b64encode(b"\xff\xfe").decode(),
     ]
     for cursor in forged:
-        r = await client.get("/v1/sessions", params={"cursor": cursor}, headers=_auth(ADMIN))
+        r = await client.get("/v1/sessions", params={"cursor": cursor}, headers=bearer(ADMIN))
         assert r.status_code == 400, (cursor, r.text)
         assert r.json()["error"] == "bad_cursor"
-    r = await client.get("/v1/sessions", params={"cursor": "A" * 600}, headers=_auth(ADMIN))
+    r = await client.get("/v1/sessions", params={"cursor": "A" * 600}, headers=bearer(ADMIN))
     assert r.status_code == 422
     # Without the admin token a cursor is never even decoded.
     r = await client.get("/v1/sessions", params={"cursor": "%%%"})
@@ -200,7 +190,7 @@ async def test_bad_limits_and_cursors_are_rejected(client: httpx.AsyncClient) ->
 async def test_admin_reads_any_session_and_its_history(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    store = _state(app).store
+    store = app_state(app).store
     await _seed(store, [("ses_phone", "sip", T0)])
     call = {"from_uri": "sip:+15551234@pbx.example.org", "call_id": "a84b4c76e66710@pbx"}
     await store.sessions.create("ses_phone", transport="sip", attributes=call)
@@ -212,16 +202,16 @@ async def test_admin_reads_any_session_and_its_history(
     # A phone call has no caller token: only the operator can read it.
     r = await client.get("/v1/sessions/ses_phone")
     assert r.status_code == 401
-    r = await client.get("/v1/sessions/ses_phone", headers=_auth(ADMIN))
+    r = await client.get("/v1/sessions/ses_phone", headers=bearer(ADMIN))
     assert r.status_code == 200, r.text
     assert r.json()["transport"] == "sip" and r.json()["turn_count"] == 1
     assert r.json()["attributes"] == call and r.json()["end_reason"] is None
     await store.sessions.end("ses_phone")
-    listed = (await client.get("/v1/sessions", headers=_auth(ADMIN))).json()["sessions"]
+    listed = (await client.get("/v1/sessions", headers=bearer(ADMIN))).json()["sessions"]
     assert [(s["id"], s["status"], s["attributes"]) for s in listed] == [
         ("ses_phone", "ended", call)
     ]
-    r = await client.get("/v1/sessions/ses_phone/history", headers=_auth(ADMIN))
+    r = await client.get("/v1/sessions/ses_phone/history", headers=bearer(ADMIN))
     assert r.status_code == 200, r.text
     turns = r.json()["turns"]
     assert all(dt.datetime.fromisoformat(t["started_at"]).tzinfo is not None for t in turns)
@@ -229,33 +219,33 @@ async def test_admin_reads_any_session_and_its_history(
         ("user", "what are your opening hours"),
         ("assistant", "Nine to five."),
     ]
-    r = await client.get("/v1/sessions/ses_nope", headers=_auth(ADMIN))
+    r = await client.get("/v1/sessions/ses_nope", headers=bearer(ADMIN))
     assert r.status_code == 404
-    r = await client.get("/v1/sessions/ses_phone/history", headers=_auth(ADMIN + "!"))
+    r = await client.get("/v1/sessions/ses_phone/history", headers=bearer(ADMIN + "!"))
     assert r.status_code == 401
 
     # A caller's own session token still works, and still only for its own session.
     mine = (await client.post("/v1/sessions")).json()
-    r = await client.get(f"/v1/sessions/{mine['id']}", headers=_auth(mine["token"]))
+    r = await client.get(f"/v1/sessions/{mine['id']}", headers=bearer(mine["token"]))
     assert r.status_code == 200 and r.json()["transport"] == "none"
-    r = await client.get(f"/v1/sessions/{mine['id']}", headers=_auth(ADMIN))
+    r = await client.get(f"/v1/sessions/{mine['id']}", headers=bearer(ADMIN))
     assert r.status_code == 200 and r.json()["id"] == mine["id"]
-    r = await client.get("/v1/sessions/ses_phone/history", headers=_auth(mine["token"]))
+    r = await client.get("/v1/sessions/ses_phone/history", headers=bearer(mine["token"]))
     assert r.status_code == 403
 
     # Operators read; deleting stays with the session's owner.
-    r = await client.delete("/v1/sessions/ses_phone", headers=_auth(ADMIN))
+    r = await client.delete("/v1/sessions/ses_phone", headers=bearer(ADMIN))
     assert r.status_code == 401
     assert await store.sessions.get("ses_phone") is not None
 
 
 async def test_no_admin_token_configured_means_no_admin_access(tmp_path: Path) -> None:
     async for application in _app(tmp_path, None):
-        await _seed(_state(application).store, [("ses_phone", "sip", T0)])
+        await _seed(app_state(application).store, [("ses_phone", "sip", T0)])
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://parley.test") as c:
             for token in (ADMIN, "", "None", "null"):
-                headers = _auth(token)
+                headers = bearer(token)
                 assert (await c.get("/v1/sessions", headers=headers)).status_code == 401
                 assert (await c.get("/v1/sessions/ses_phone", headers=headers)).status_code == 401
                 r = await c.get("/v1/sessions/ses_phone/history", headers=headers)
@@ -284,9 +274,9 @@ async def test_the_admin_token_never_reaches_the_logs(
     async for application in _app(tmp_path, ADMIN):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://parley.test") as c:
-            assert (await c.get("/v1/sessions", headers=_auth(ADMIN))).status_code == 200
-            assert (await c.get("/v1/sessions", headers=_auth(ADMIN + "?"))).status_code == 401
-            assert (await c.get("/v1/sessions/x/history", headers=_auth(ADMIN))).status_code == 404
+            assert (await c.get("/v1/sessions", headers=bearer(ADMIN))).status_code == 200
+            assert (await c.get("/v1/sessions", headers=bearer(ADMIN + "?"))).status_code == 401
+            assert (await c.get("/v1/sessions/x/history", headers=bearer(ADMIN))).status_code == 404
     assert caplog.records  # the app did log (start-up, store), just never the token
     assert all(ADMIN not in r.getMessage() for r in caplog.records)
 

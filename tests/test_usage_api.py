@@ -22,9 +22,9 @@ from agent.usage import TurnUsage
 from signaling.app import create_app
 from signaling.metrics import PROVIDER_LABELS_MAX, ServerMetrics
 from signaling.settings import ServerSettings
-from signaling.state import AppState
 from store.settings import StoreSettings
 from tests.fakes import fake_models
+from tests.server import app_state, asgi_client, bearer
 
 ADMIN = "operator-" + "u" * 32
 PRICES = """
@@ -90,18 +90,8 @@ async def app(settings: StoreSettings, prices_path: Path) -> AsyncIterator[FastA
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://parley.test") as c:
+    async with asgi_client(app) as c:
         yield c
-
-
-def _state(app: FastAPI) -> AppState:
-    st: AppState = app.state.parley
-    return st
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def _metrics(turn_id: str, usage: TurnUsage) -> MetricsEvent:
@@ -123,7 +113,7 @@ def _metrics(turn_id: str, usage: TurnUsage) -> MetricsEvent:
 
 async def _call_with_turns(app: FastAPI) -> str:
     """A call whose three turns go through the app's recorder and metrics sink."""
-    st = _state(app)
+    st = app_state(app)
     call = await st.calls.open("websocket", room_id=None, output_rate=16_000)
     recorder = call.recorder
     assert recorder is not None
@@ -148,7 +138,7 @@ async def test_history_returns_each_turns_usage_and_cost(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     session_id = await _call_with_turns(app)
-    r = await client.get(f"/v1/sessions/{session_id}/history", headers=_auth(ADMIN))
+    r = await client.get(f"/v1/sessions/{session_id}/history", headers=bearer(ADMIN))
     assert r.status_code == 200, r.text
     turns = r.json()["turns"]
     assert [(t["role"], t["text"]) for t in turns] == [
@@ -188,7 +178,7 @@ SUMS = {
 
 async def test_session_sums_add_up_over_its_turns(app: FastAPI, client: httpx.AsyncClient) -> None:
     session_id = await _call_with_turns(app)
-    r = await client.get(f"/v1/sessions/{session_id}", headers=_auth(ADMIN))
+    r = await client.get(f"/v1/sessions/{session_id}", headers=bearer(ADMIN))
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["id"] == session_id and body["turn_count"] == 3  # existing fields unchanged
@@ -206,12 +196,12 @@ async def test_session_sums_add_up_over_its_turns(app: FastAPI, client: httpx.As
     }
     assert providers["tts"] == {"acme": {"turns": 2, "chars": 300, "cost_usd": pytest.approx(0.15)}}
     # the history sums the same turns
-    history = (await client.get(f"/v1/sessions/{session_id}/history", headers=_auth(ADMIN))).json()
+    history = (await client.get(f"/v1/sessions/{session_id}/history", headers=bearer(ADMIN))).json()
     assert history["usage"] == usage
 
     # a session with no recorded usage sums to nothing, with no cost
     fresh = (await client.post("/v1/sessions")).json()
-    r = await client.get(f"/v1/sessions/{fresh['id']}", headers=_auth(fresh["token"]))
+    r = await client.get(f"/v1/sessions/{fresh['id']}", headers=bearer(fresh["token"]))
     assert r.status_code == 200, r.text
     empty = r.json()["usage"]
     assert empty["turns"] == 0 and empty["cost_usd"] is None

@@ -328,7 +328,7 @@ class OpenAISettings:
     """An OpenAI (or OpenAI-compatible) chat-completions endpoint."""
 
     api_key: str = field(repr=False)
-    """Bearer key (never logged); any placeholder for servers that want none."""
+    """Bearer key (never logged); servers that take no key accept any non-empty value."""
     model: str = "gpt-4.1-mini"
     base_url: str = "https://api.openai.com/v1"
     """Root of the API, up to and including ``/v1``."""
