@@ -4,8 +4,9 @@
 # install runs the versions the tests passed with. scripts/lock.sh refreshes them;
 # pyproject.toml keeps the version ranges for those who embed the packages.
 # Idempotent: does nothing when .venv already matches the locks, pyproject.toml and this script.
-# Usage: scripts/setup.sh [test|cloud]   ("cloud" adds the Groq, OpenAI and ElevenLabs SDKs;
-#        "test" adds those, the test and the lint tools)
+# Usage: scripts/setup.sh [test|cloud|otel]   ("cloud" adds the Groq, OpenAI and ElevenLabs
+#        SDKs; "otel" adds those and the OpenTelemetry exporter; "test" adds all of them, the
+#        test and the lint tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,8 @@ case "$extras" in
   "") lock="requirements/run.lock" ;;
   test) lock="requirements/test.lock" ;;
   cloud) lock="requirements/cloud.lock" ;;
-  *) echo "setup: unknown argument '$extras' (usage: scripts/setup.sh [test|cloud])" >&2; exit 2 ;;
+  otel) lock="requirements/otel.lock" ;;
+  *) echo "setup: unknown argument '$extras' (usage: scripts/setup.sh [test|cloud|otel])" >&2; exit 2 ;;
 esac
 python="${PYTHON:-python3}"
 stamp=".venv/.parley-setup-${extras:-run}"
@@ -48,8 +50,9 @@ from importlib.metadata import PackageNotFoundError, requires, version
 from packaging.requirements import Requirement
 
 extras = {
-    "test": {"", "test", "dev", "cloud"},
+    "test": {"", "test", "dev", "cloud", "otel"},
     "cloud": {"", "cloud"},
+    "otel": {"", "cloud", "otel"},
 }.get(sys.argv[1], {""})
 problems = []
 for line in requires("parley") or []:

@@ -45,6 +45,40 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class ApiKey(Base):
+    """A named, revocable API key of an operator or an application.
+
+    Only a hash of the secret is kept; ``scopes`` lists what it may do (``calls``:
+    create rooms and sessions and place calls; ``admin``: everything, including
+    other keys and every session). ``max_calls`` caps its concurrent calls (None: the
+    server-wide cap only).
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    max_calls: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class RoomRow(Base):
+    """A room, shared by every worker (calls in it stay in the worker that answered them)."""
+
+    __tablename__ = "rooms"
+    __table_args__ = (Index("ix_rooms_created_at", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    """The API key that created it (None: an open, loopback-only server)."""
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class VoiceSession(Base):
     """One conversation (a call, or a text chat), with its running statistics."""
 
@@ -64,6 +98,8 @@ class VoiceSession(Base):
     """What the transport knows of the call (SIP: the caller's From URI and the Call-ID)."""
     end_reason: Mapped[str | None] = mapped_column(String(120))
     """Why the last call of the session ended (hang-up cause)."""
+    key_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    """The API key that created the session (None: anonymous, which expires unused)."""
 
     turns: Mapped[list[Turn]] = relationship(
         back_populates="session", cascade="all, delete-orphan", order_by="Turn.seq"
