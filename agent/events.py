@@ -123,6 +123,11 @@ class MetricsEvent(AgentEvent):
     usage: dict[str, Any] = field(default_factory=dict)
     """The turn's ``agent.usage.TurnUsage`` as a dict: providers, models, tokens,
     audio seconds, characters and the cost estimate."""
+    marks_ms: dict[str, float] = field(default_factory=dict)
+    """When the turn's marks fell, in ms after the end of the caller's speech (those
+    reached of ``turn_end``, ``stt_ready``, ``llm_start``, ``llm_first_token``,
+    ``tts_first_chunk``, ``tts_first_audio``, ``first_audio``), and ``emitted``: when
+    this event was made (``at``), which places them in wall-clock time (traces)."""
     type: str = field(init=False, default="metrics")
 
 

@@ -37,6 +37,16 @@ class TurnClock:
         def ms(a: float | None, b: float | None) -> float | None:
             return None if a is None or b is None else round((b - a) * 1000, 1)
 
+        marks = {
+            "turn_end": self.turn_end,
+            "stt_ready": self.stt_ready,
+            "llm_start": self.llm_start,
+            "llm_first_token": self.llm_first_token,
+            "tts_first_chunk": self.tts_first_chunk,
+            "tts_first_audio": self.tts_first_audio,
+            "first_audio": first_audio,
+            "emitted": time.monotonic(),
+        }
         return MetricsEvent(
             turn_id=turn_id,
             voice_to_voice_ms=ms(self.speech_end, first_audio),
@@ -50,4 +60,9 @@ class TurnClock:
             speculative_hit=self.speculative_hit,
             interrupted=interrupted,
             usage=self.usage.to_dict(),
+            marks_ms={
+                name: offset
+                for name, mark in marks.items()
+                if (offset := ms(self.speech_end, mark)) is not None
+            },
         )

@@ -99,13 +99,20 @@ def parse_control(raw: str | bytes) -> ControlMessage:
         return InvalidControl(f"control message over {MAX_CONTROL_BYTES // 1024} KiB")
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
+        # JSONDecodeError is a ValueError, and so is an integer of over 4300 digits;
+        # nesting deeper than the recursion limit raises RecursionError.
         return InvalidControl("control message is not valid JSON")
     kind = data.get("type") if isinstance(data, dict) else None
     if kind == "hangup":
         return HangUp()
     if kind == "text" and isinstance(data.get("text"), str):
-        return TextInput(data["text"])
+        text: str = data["text"]
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escaped in the JSON ("\ud800")
+            return InvalidControl("text must be valid Unicode")
+        return TextInput(text)
     return InvalidControl(_EXPECTED)
 
 

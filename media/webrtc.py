@@ -30,9 +30,11 @@ from media.transport import ControlInbox, ControlMessage, parse_control
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "events"
+"""Label of the data channel that carries JSON events out and control messages in."""
 MAX_CHANNEL_BUFFER = 1024 * 1024
 """Bytes queued on the events data channel beyond which new events are dropped."""
-"""Label of the data channel that carries JSON events out and control messages in."""
+DISCONNECTED_GRACE_S = 3.0
+"""How long a peer may stay ``disconnected`` (ICE consent lost) before it counts as gone."""
 
 
 class PlayoutTrack(MediaStreamTrack):
@@ -108,14 +110,31 @@ class WebRtcTransport:
     """A call over an aiortc ``RTCPeerConnection`` (see ``media.transport.Transport``).
 
     Create it before the SDP exchange (it adds the agent's track and listens
-    for the caller's track and data channel). The caller is gone when the
-    connection fails or closes: ``inbound()`` and ``play()`` then end.
+    for the caller's track and data channel). The caller is gone, and
+    ``inbound()`` and ``play()`` end, when the connection closes, as soon as
+    ICE or DTLS fails (``connectionState`` or ``iceConnectionState``
+    ``"failed"``), or when it stays ``"disconnected"`` for
+    ``disconnected_grace_s`` without recovering. ``gone_reason`` then says why
+    (``"ice failed"``, ``"connection failed"``, ``"peer disconnected"``; None
+    for a plain close). A peer that vanishes without any of these (its ICE
+    consent checks fail only after ~30 s) is caught sooner by the bridge's
+    no-audio timeout.
     """
 
     kind = "webrtc"
 
-    def __init__(self, pc: RTCPeerConnection, output_rate: int) -> None:
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        output_rate: int,
+        *,
+        disconnected_grace_s: float = DISCONNECTED_GRACE_S,
+    ) -> None:
         self._pc = pc
+        self.disconnected_grace_s = disconnected_grace_s
+        self.gone_reason: str | None = None
+        """Why the peer is gone, when it failed rather than closed (see the class doc)."""
+        self._grace: asyncio.Task[None] | None = None
         self.track = PlayoutTrack(output_rate)
         pc.addTrack(self.track)
         loop = asyncio.get_running_loop()
@@ -127,6 +146,7 @@ class WebRtcTransport:
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_state)
+        pc.on("iceconnectionstatechange", self._on_state)
 
     # ------------------------------------------------------------ aiortc callbacks
 
@@ -142,13 +162,34 @@ class WebRtcTransport:
         self._channel.set_result(channel)
 
     async def _on_state(self) -> None:
-        if self._pc.connectionState in ("failed", "closed"):
+        ice, connection = self._pc.iceConnectionState, self._pc.connectionState
+        log.debug("peer connection %s, ice %s", connection, ice)
+        if ice == "failed":
+            await self._peer_gone("ice failed")
+        elif connection == "failed":
+            await self._peer_gone("connection failed")
+        elif "closed" in (ice, connection):
             await self._peer_gone()
+        elif "disconnected" in (ice, connection):
+            if (self._grace is None or self._grace.done()) and not self._gone.is_set():
+                self._grace = asyncio.get_running_loop().create_task(
+                    self._disconnected(), name="webrtc:disconnected-grace"
+                )
+        elif self._grace is not None and not self._gone.is_set():
+            self._grace.cancel()  # recovered within the grace period (reaped by close)
 
-    async def _peer_gone(self) -> None:
+    async def _disconnected(self) -> None:
+        """The peer stayed disconnected for the grace period: it is gone."""
+        await asyncio.sleep(self.disconnected_grace_s)
+        await self._peer_gone("peer disconnected")
+
+    async def _peer_gone(self, reason: str | None = None) -> None:
         if self._gone.is_set():
             return
+        self.gone_reason = reason
         self._gone.set()
+        if self._grace is not None and self._grace is not asyncio.current_task():
+            self._grace.cancel()
         self._inbox.close()
         if not self._remote.done():
             self._remote.set_result(None)
@@ -204,7 +245,11 @@ class WebRtcTransport:
         channel.send(json.dumps(event))
 
     async def close(self, reason: str) -> None:
-        """Close the peer connection (idempotent)."""
+        """Close the peer connection (idempotent) and reap the grace timer."""
         log.debug("closing peer connection: %s", reason)
         with contextlib.suppress(Exception):
             await self._peer_gone()
+        grace, self._grace = self._grace, None
+        if grace is not None:
+            # cancelled by _peer_gone if it was still waiting; else it is closing the peer
+            await asyncio.gather(grace, return_exceptions=True)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-
-import uvicorn
 
 from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.provider_config import CloudCredentials
-from signaling.app import create_app
+from signaling.logs import LogConfigError, configure_logging
 from signaling.settings import ServerSettings
+from signaling.workers import ServeOptions, serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="port (PARLEY_PORT)")
     parser.add_argument("--config", default=None, help="agent YAML (PARLEY_AGENT_CONFIG)")
     parser.add_argument("--prices", default=None, help="price table YAML (PARLEY_PRICES)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (PARLEY_WORKERS; default: one per core)",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     overrides = {
@@ -32,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             "port": args.port,
             "agent_config": args.config,
             "prices": args.prices,
+            "workers": args.workers,
         }.items()
         if v is not None
     }
@@ -42,21 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"parley: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    app = create_app(settings)
+    try:  # one handler, redacted lines, correlation ids; PARLEY_LOG_FORMAT=json|text
+        log_config = configure_logging(args.log_level)
+    except LogConfigError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
     print(f"parley: open http://{settings.host}:{settings.port}/ to call the agent", flush=True)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        ws_max_size=1024 * 1024,
-    )
-    return 0
+    options = ServeOptions(overrides, log_level=args.log_level, log_config=log_config)
+    return serve(settings, options)
 
 
 if __name__ == "__main__":

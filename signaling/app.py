@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.config import AgentConfig
 from agent.errors import AgentError, ProviderError
@@ -23,17 +27,28 @@ from agent.phrase_cache import cached_tts
 from agent.pricing import PriceTable
 from agent.runtime import AgentModels
 from media.errors import AudioFormatError
+from signaling import allocator
+from signaling.access import AccessControl, AccessError, access_summary, guard
 from signaling.admission import RETRY_AFTER_S, AdmissionError, authorize
 from signaling.bodylimit import BodyLimitMiddleware
 from signaling.calls import CallLimitError, CallManager
+from signaling.correlation import RequestIdMiddleware
+from signaling.jobs import JobRunner, maintenance_jobs
+from signaling.ledger import open_ledger
+from signaling.methods import MethodsMiddleware
 from signaling.metrics import ServerMetrics, breaker_states
-from signaling.rooms import Room, RoomRegistry
+from signaling.openapi import error_responses, raw_body
+from signaling.ratelimit import RateLimitedError, RateLimits
+from signaling.sdp_offer import MAX_SDP_BYTES, SdpError, decode_offer, sdp_size_error
 from signaling.settings import ServerSettings
 from signaling.sip import start_sip
 from signaling.state import ApiError, AppState, State
 from signaling.textchat import TextChats
 from signaling.tokens import TokenError, TokenService, bearer
-from signaling.webrtc import SdpError, answer_offer
+from signaling.tracing import start_tracing
+from signaling.webrtc import answer_offer
+from signaling.worker_metrics import WorkerMetrics
+from store.rooms import RoomRecord
 from store.settings import StoreSettings
 from store.store import Store
 
@@ -54,19 +69,68 @@ class SdpIn(BaseModel):
     ``session_id`` (with its token in the ``X-Session-Token`` header) continues a session.
     """
 
-    sdp: str = Field(..., max_length=64 * 1024)
+    sdp: str = Field(..., max_length=MAX_SDP_BYTES)
     type: str
     session_id: str | None = Field(None, max_length=64)
 
 
-def _room_out(
-    st: AppState, room: Room, token: str | None = None, exp: int | None = None
+class AnswerOut(BaseModel):
+    """The answer to a JSON offer (a WHIP offer gets the SDP alone, 201 ``application/sdp``)."""
+
+    session_token: str | None = Field(description="The new session's token (null: continued).")
+    sdp: str
+    type: str
+    call_id: str
+    session_id: str
+
+
+_OFFER_BODY = raw_body(
+    {
+        "application/json": {"schema": SdpIn.model_json_schema()},
+        "application/sdp": {"schema": {"type": "string", "maxLength": MAX_SDP_BYTES}},
+    },
+    description="The caller's SDP offer: JSON ``{sdp, type}``, or the SDP itself (WHIP).",
+)
+
+
+def _json_offer(raw: bytes) -> SdpIn:
+    """A JSON offer body (``SdpError`` 413 for an SDP over the limit, ``ApiError`` 400 else)."""
+    try:
+        return SdpIn.model_validate_json(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            if error["type"] == "string_too_long" and tuple(error["loc"]) == ("sdp",):
+                size = len(str(error["input"]).encode("utf-8", "surrogatepass"))
+                raise sdp_size_error(size) from None
+            if error["type"] == "json_invalid":
+                raise ApiError(400, "bad_sdp", "the body is not valid JSON") from None
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ApiError(
+            400, "bad_sdp", f"the body must be JSON {{sdp, type}}: {where}: {first['msg']}"
+        ) from None
+
+
+async def _room_out(
+    st: AppState,
+    room: RoomRecord,
+    token: str | None = None,
+    exp: int | None = None,
+    *,
+    reveal_sessions: bool = False,
 ) -> dict[str, Any]:
+    """A room as the API shows it, with its calls on every worker.
+
+    Calls carry their session ids for admins only.
+    """
+    calls = await st.calls.describe_room(room.id)
+    if not reveal_sessions:
+        calls = [{k: v for k, v in c.items() if k != "session_id"} for c in calls]
     out: dict[str, Any] = {
         "id": room.id,
         "name": room.name,
-        "created_at": room.created_at,
-        "calls": [c.describe() for c in st.calls.calls(room.id)],
+        "created_at": room.created_at.timestamp(),
+        "calls": calls,
         "ice_servers": [s.model_dump(exclude_none=True) for s in st.settings.ice_servers],
     }
     if token is not None:
@@ -75,11 +139,26 @@ def _room_out(
     return out
 
 
-def _room_or_404(st: AppState, room_id: str) -> Room:
-    room = st.rooms.get(room_id)
+async def _room_or_404(st: AppState, room_id: str) -> RoomRecord:
+    room = await st.rooms.get(room_id)
     if room is None:
         raise ApiError(404, "room_not_found", "no such room")
     return room
+
+
+async def _room_reader(st: AppState, room_id: str, authorization: str | None) -> bool:
+    """Check a credential for a room: its join token, or an admin credential (True).
+
+    401 without one, 403 for another room's token or a key without the admin scope.
+    """
+    token = bearer(authorization)
+    principal = await st.access.identify(token)
+    if principal is None:
+        st.tokens.verify(token, room_id)
+        return False
+    if not principal.allows("admin"):
+        raise AccessError("the room's join token or an admin key is required", 403)
+    return True
 
 
 def create_app(
@@ -94,6 +173,8 @@ def create_app(
     ``REDIS_URL`` from the environment, else SQLite + in-process cache).
     """
     settings = settings or ServerSettings()
+    if settings.malloc_arena_max is not None:  # before the model and executor threads exist
+        allocator.limit_arenas(settings.malloc_arena_max)
     config = AgentConfig.load(settings.agent_config)
     prices = PriceTable.load(settings.prices)
 
@@ -107,6 +188,7 @@ def create_app(
         # Calls speak through the phrase cache (greetings and fixed phrases come back at once).
         call_models = dataclasses.replace(loaded, tts=cached_tts(loaded.tts, store.phrases))
         metrics = ServerMetrics(prices)
+        tracing = start_tracing()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
         metrics.watch_store(store.stats)
         if loaded.fallback_stats is not None:
             metrics.watch_fallback(loaded.fallback_stats, lambda: breaker_states(loaded))
@@ -115,10 +197,22 @@ def create_app(
             config,
             max_calls=settings.max_calls,
             idle_timeout_s=settings.idle_timeout_s,
+            no_audio_timeout_s=settings.no_audio_timeout_s,
+            on_end=lambda call: metrics.call_ended(call.transport, call.end_reason),
             store=store,
-            sinks=[metrics.observe],
+            sinks=[metrics.observe] if tracing is None else [metrics.observe, tracing.sink],
             prices=prices,
+            ledger=open_ledger(
+                redis_url=store.settings.redis_url,
+                prefix=store.settings.key_prefix,
+                data_dir=store.settings.data_dir,
+                workers=settings.worker_count,
+            ),
         )
+        limits = RateLimits.from_settings(
+            settings, redis_url=store.settings.redis_url, prefix=store.settings.key_prefix
+        )
+        metrics.watch_rate_limits(limits.stats)
         app.state.parley = AppState(
             settings=settings,
             config=config,
@@ -126,22 +220,44 @@ def create_app(
             tokens=TokenService.from_settings(
                 settings.jwt_secret, store.settings.data_dir, settings.token_ttl_s
             ),
-            rooms=RoomRegistry(),
+            rooms=store.rooms,
             calls=calls,
             metrics=metrics,
             chats=TextChats(config, loaded, store),
             store=store,
             started_at=time.time(),
+            access=AccessControl(settings, store.keys),
+            limits=limits,
         )
-        sip = await start_sip(app.state.parley)
+        # One SIP listener per server: worker 0 holds the port and its calls.
+        sip = await start_sip(app.state.parley) if settings.worker_index == 0 else None
         app.state.parley.sip = sip[0] if sip is not None else None
+        # Periodic jobs: memory trim in every worker, store purge and retention on worker 0.
+        jobs = JobRunner(maintenance_jobs(app.state.parley))
+        app.state.parley.jobs = jobs
+        jobs.start()
+        publisher: asyncio.Task[None] | None = None
+        if settings.worker_count > 1:
+            shared = WorkerMetrics(
+                store.settings.data_dir / "metrics", settings.worker_index, metrics.render
+            )
+            app.state.parley.worker_metrics = shared
+            publisher = asyncio.get_running_loop().create_task(shared.run(), name="metrics:publish")
         log.info("parley ready: models loaded in %s s", loaded.load_seconds)
+        log.info("%s; rate limits in %s", access_summary(settings), limits.backend)
         try:
             yield
         finally:
+            await jobs.aclose()  # first: no purge may run against a closing store
+            if publisher is not None:
+                publisher.cancel()
+                await asyncio.gather(publisher, return_exceptions=True)
+            await limits.aclose()
             if sip is not None:
                 await sip[0].aclose()  # BYE to every phone caller first
             await calls.shutdown()
+            if tracing is not None:  # export the last turns' spans
+                await asyncio.to_thread(tracing.shutdown)
             await store.close()
             if own:
                 await loaded.aclose()
@@ -153,13 +269,39 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # OPTIONS, HEAD and 405 with the path's full Allow list; CORS preflights pass through.
+    app.add_middleware(MethodsMiddleware, router=app.router)
+    if settings.cors_origins:
+        # Outside the body limit, so preflights and its refusals carry the headers too.
+        # Without origins there is no middleware and no CORS header: only the server's
+        # own page can call the API from a browser.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Session-Token", "X-Request-Id"],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "X-Call-Id",
+                "X-Session-Id",
+                "X-Session-Token",
+                "X-Voice",
+                "X-Request-Id",
+            ],
+            max_age=600,
+        )
+    # Outermost of the middleware: refusals and preflights carry an X-Request-Id too.
+    app.add_middleware(RequestIdMiddleware)
     _install_error_handlers(app)
     _install_routes(app)
+    from signaling.keys_api import router as keys_router
     from signaling.sessions_api import router as sessions_router
     from signaling.sip import router as sip_router
     from signaling.voice_api import router as voice_router
     from signaling.ws import router as ws_router
 
+    app.include_router(keys_router)
     app.include_router(sessions_router)
     app.include_router(sip_router)
     app.include_router(voice_router)
@@ -175,6 +317,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return err(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        """Starlette's and FastAPI's own refusals (404, an unparsable body) in the error shape."""
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        try:
+            code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        except ValueError:
+            code = "http_error"
+        resp = err(exc.status_code, code, str(exc.detail))
+        resp.headers.update(exc.headers or {})
+        return resp
 
     @app.exception_handler(TokenError)
     async def token_error(_: Request, exc: TokenError) -> JSONResponse:
@@ -193,9 +348,23 @@ def _install_error_handlers(app: FastAPI) -> None:
             resp.headers["Retry-After"] = str(RETRY_AFTER_S)
         return resp
 
+    @app.exception_handler(RateLimitedError)
+    async def rate_limited(_: Request, exc: RateLimitedError) -> JSONResponse:
+        resp = JSONResponse(
+            {
+                "error": "rate_limited",
+                "detail": str(exc),
+                "bucket": exc.bucket,
+                "retry_after_s": exc.retry_after_s,
+            },
+            status_code=429,
+        )
+        resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return resp
+
     @app.exception_handler(SdpError)
     async def sdp_error(_: Request, exc: SdpError) -> JSONResponse:
-        return err(400, "bad_sdp", str(exc))
+        return err(exc.status, exc.code, str(exc))  # 400 bad_sdp; 413 sdp_too_large
 
     @app.exception_handler(CallLimitError)
     async def call_limit(_: Request, exc: CallLimitError) -> JSONResponse:
@@ -229,7 +398,7 @@ def _install_routes(app: FastAPI) -> None:
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
-    @app.get("/health")
+    @app.get("/health", responses=error_responses(503))
     async def health(st: State) -> dict[str, Any]:
         """Liveness and readiness: whether the models are loaded."""
         return {
@@ -244,50 +413,87 @@ def _install_routes(app: FastAPI) -> None:
                 },
             },
             "active_calls": st.calls.active,
+            "active_calls_all_workers": await st.calls.total(),
             "max_calls": st.calls.max_calls,
+            "worker": {
+                "index": st.settings.worker_index,
+                "count": st.settings.worker_count,
+                "pid": os.getpid(),
+                "ledger": st.calls.ledger.kind,
+            },
             "store": {
                 **st.store.describe(),
                 **{f"{k}_ok": v for k, v in (await st.store.healthy()).items()},
             },
             "store_pending_writes": st.store.writer.pending,
             "store_stats": st.store.stats(),
+            "jobs": st.jobs.describe() if st.jobs is not None else {},
+            "memory_trim": dataclasses.asdict(allocator.STATS),
             "uptime_s": round(time.time() - st.started_at, 1),
         }
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(st: State) -> Response:
         st.metrics.active_calls.set(st.calls.active)
-        return Response(st.metrics.render(), media_type="text/plain; version=0.0.4")
+        shared = st.worker_metrics
+        body = st.metrics.render() if shared is None else await asyncio.to_thread(shared.merged)
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/ice-servers")
     async def ice_servers(st: State) -> dict[str, Any]:
         """STUN/TURN servers for clients (empty: loopback and LAN need none)."""
         return {"ice_servers": [s.model_dump(exclude_none=True) for s in st.settings.ice_servers]}
 
-    @app.post("/v1/rooms", status_code=201)
-    async def create_room(st: State, body: RoomIn | None = None) -> dict[str, Any]:
-        """Create a room; returns its id and a join token scoped to it."""
-        room = st.rooms.create(body.name if body else None)
+    @app.post("/v1/rooms", status_code=201, responses=error_responses(400, 401, 403, 413, 429, 503))
+    async def create_room(
+        request: Request,
+        st: State,
+        body: RoomIn | None = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        """Create a room; returns its id and a join token scoped to it.
+
+        Needs an API key with the ``calls`` scope where keys are required
+        (``PARLEY_REQUIRE_KEYS``); the room's calls count against that key's
+        quota. Rate limited per client address and per key (429).
+        """
+        principal = await guard(st, request, authorization, bucket="create")
+        room = await st.rooms.create(body.name if body else None, key_id=principal.key_id)
         token, exp = st.tokens.mint(room.id)
-        return _room_out(st, room, token, exp)
+        return await _room_out(st, room, token, exp)
 
-    @app.get("/v1/rooms/{room_id}")
-    async def get_room(room_id: str, st: State) -> dict[str, Any]:
-        """A room and its live calls."""
-        return _room_out(st, _room_or_404(st, room_id))
+    @app.get("/v1/rooms/{room_id}", responses=error_responses(401, 403, 404, 503))
+    async def get_room(
+        room_id: str, st: State, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """A room and its live calls (the room's join token, or an admin credential;
+        only admins see the calls' session ids)."""
+        admin = await _room_reader(st, room_id, authorization)
+        return await _room_out(st, await _room_or_404(st, room_id), reveal_sessions=admin)
 
-    @app.delete("/v1/rooms/{room_id}")
+    @app.delete("/v1/rooms/{room_id}", responses=error_responses(401, 403, 404, 503))
     async def delete_room(
         room_id: str, st: State, authorization: Annotated[str | None, Header()] = None
     ) -> dict[str, Any]:
-        """Delete a room and end its calls (needs the room's token)."""
-        _room_or_404(st, room_id)
-        st.tokens.verify(bearer(authorization), room_id)
+        """Delete a room and end its calls (the room's token, or an admin credential)."""
+        await _room_reader(st, room_id, authorization)
+        await _room_or_404(st, room_id)
         ended = await st.calls.end_room(room_id)
-        st.rooms.delete(room_id)
+        await st.rooms.delete(room_id)
         return {"id": room_id, "deleted": True, "calls_ended": ended}
 
-    @app.post("/v1/rooms/{room_id}/offer")
+    @app.post(
+        "/v1/rooms/{room_id}/offer",
+        responses={
+            200: {"model": AnswerOut, "description": "The SDP answer to a JSON offer."},
+            201: {
+                "description": "The SDP answer to a WHIP offer; ``Location`` names the call.",
+                "content": {"application/sdp": {"schema": {"type": "string"}}},
+            },
+            **error_responses(400, 401, 403, 404, 413, 415, 429, 503),
+        },
+        openapi_extra=_OFFER_BODY,
+    )
     async def offer(
         room_id: str,
         request: Request,
@@ -306,22 +512,20 @@ def _install_routes(app: FastAPI) -> None:
         raw = await request.body()
         session_id = request.query_params.get("session_id")
         if ctype == "application/sdp":
-            sdp, kind, whip = raw.decode("utf-8", "replace"), "offer", True
+            sdp, kind, whip = decode_offer(raw), "offer", True
         elif ctype == "application/json":
-            try:
-                body = SdpIn.model_validate_json(raw)
-            except ValueError as exc:
-                raise ApiError(400, "bad_sdp", "body must be JSON {sdp, type}") from exc
+            body = _json_offer(raw)
             sdp, kind, whip = body.sdp, body.type, False
             session_id = body.session_id or session_id
         else:
             raise ApiError(415, "unsupported_media", "send application/json or application/sdp")
-        grant = authorize(
+        grant = await authorize(
             st,
             room_id,
             bearer(authorization),
             session_id=session_id,
             session_token=x_session_token,
+            address=st.limits.client_address(request),
         )
         admitted, answer = await answer_offer(st, grant, sdp, kind)
         call = admitted.call
@@ -342,14 +546,14 @@ def _install_routes(app: FastAPI) -> None:
             headers=headers,
         )
 
-    @app.delete("/v1/rooms/{room_id}/calls/{call_id}")
+    @app.delete(
+        "/v1/rooms/{room_id}/calls/{call_id}", responses=error_responses(401, 403, 404, 503)
+    )
     async def hang_up(
         room_id: str, call_id: str, st: State, authorization: Annotated[str | None, Header()] = None
     ) -> dict[str, Any]:
         """End one call (WHIP-style resource deletion)."""
         st.tokens.verify(bearer(authorization), room_id)
-        call = st.calls.get(call_id)
-        if call is None or call.room_id != room_id:
+        if not await st.calls.hang_up(call_id, room_id):
             raise ApiError(404, "call_not_found", "no such call in this room")
-        await st.calls.end(call, "hung up")
         return {"id": call_id, "ended": True}

@@ -9,10 +9,15 @@
 ``playback``  ``transport.play(session.playout)`` (paced push, or aiortc's pull track);
 ``events``    session events out as JSON dicts;
 ``control``   typed text in, hang-up, and one error format for what is not understood;
-``idle``      ends a call whose caller has been silent past the idle timeout.
+``idle``      the watchdog: ends a call whose caller has not spoken or typed for
+              the idle timeout (``idle timeout``), and, sooner, a call whose
+              transport delivered no audio frame at all for the no-audio timeout
+              (``no audio``: a vanished peer, a WebSocket that sends nothing).
+              The caller is told why in an ``error`` event (stage ``call``) when
+              it can still be sent; a call on hold is not timed out for no audio.
 
 The call ends with the first of: the caller leaving (``inbound()`` or
-``play()`` ends, or a send raises ``TransportClosedError``), a hang-up, the idle
+``play()`` ends, or a send raises ``TransportClosedError``), a hang-up, either
 timeout, the session closing, or a task failing. A failed task is never
 silent: the call ends at once, the reason (task and exception class, never
 its message) is logged, and the caller gets an ``error`` event. Ending from
@@ -53,6 +58,10 @@ T = TypeVar("T")
 
 IDLE_POLL_S = 5.0
 """Longest sleep of the idle watchdog between checks."""
+NO_AUDIO_REASON = "no audio"
+"""End reason of a call whose transport delivered no audio for the no-audio timeout."""
+IDLE_REASON = "idle timeout"
+"""End reason of a call whose caller neither spoke nor typed for the idle timeout."""
 NOTIFY_TIMEOUT_S = 2.0
 """How long the bridge tries to deliver the error event of a failed call."""
 
@@ -74,16 +83,32 @@ def input_error(message: str) -> dict[str, Any]:
 class CallBridge:
     """Runs one call: the session on one side, the transport on the other."""
 
-    def __init__(self, call: Call, transport: Transport, *, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        call: Call,
+        transport: Transport,
+        *,
+        idle_timeout_s: float,
+        no_audio_timeout_s: float | None = None,
+    ) -> None:
+        """``no_audio_timeout_s`` None: no audio watchdog (the idle timeout only)."""
+        if no_audio_timeout_s is not None and no_audio_timeout_s <= 0:
+            raise ValueError("no_audio_timeout_s must be positive")
         self._call = call
         self._session = call.session
         self._transport = transport
         self._idle_timeout_s = idle_timeout_s
+        self._no_audio_timeout_s = no_audio_timeout_s
+        self._last_audio = time.monotonic()
+        """When the transport last delivered an audio frame (or the call started, or
+        came off hold)."""
+        self._on_hold = False
         self._ended: asyncio.Future[str] | None = None
 
     async def run(self) -> str:
         """Run the call until it ends; returns why (a short reason, safe to log)."""
         self._ended = asyncio.get_running_loop().create_future()
+        self._last_audio = time.monotonic()
         stages: dict[str, Callable[[], Coroutine[Any, Any, str | None]]] = {
             "audio-in": self._audio_in,
             "playback": self._playback,
@@ -137,6 +162,12 @@ class CallBridge:
         failure = self._session.failure  # set when the session closed itself on a fatal error
         return f"session closed ({failure})" if failure else "session closed"
 
+    def _transport_gone(self) -> str:
+        """Why the caller's side ended: the transport's own reason (``gone_reason``, e.g.
+        a WebRTC peer whose ICE failed) when it has one, else ``"<kind> closed"``."""
+        reason = getattr(self._transport, "gone_reason", None)
+        return reason if isinstance(reason, str) and reason else f"{self._transport.kind} closed"
+
     # ------------------------------------------------------------------ tasks
 
     async def _audio_in(self) -> str:
@@ -148,6 +179,7 @@ class CallBridge:
         try:
             async with _closing(self._transport.inbound()) as frames:
                 async for frame in frames:
+                    self._last_audio = time.monotonic()
                     pcm: AudioFrame = normalizer.process(frame)
                     if echo is not None and pcm.samples.size:
                         # the reference is read on the loop (the playout's tap lives
@@ -162,11 +194,11 @@ class CallBridge:
         finally:
             if echo is not None:
                 echo.close()
-        return f"{self._transport.kind} closed"
+        return self._transport_gone()
 
     async def _playback(self) -> str:
         await self._transport.play(self._session.playout)
-        return f"{self._transport.kind} closed"
+        return self._transport_gone()
 
     async def _events(self) -> str:
         async for event in self._session.events():
@@ -189,17 +221,42 @@ class CallBridge:
                         await self._transport.send_event(input_error(str(exc)))
                 elif isinstance(message, Hold):
                     self._call.touch()
+                    self._on_hold = message.on_hold
+                    self._last_audio = time.monotonic()  # audio may pause while on hold
                     self._session.set_hold(message.on_hold)
                 elif isinstance(message, InvalidControl):
                     await self._transport.send_event(input_error(message.message))
         return None  # the control channel closed; media may go on
 
     async def _idle(self) -> str:
+        """The watchdog of both timeouts; tells the caller which one ended the call."""
         while True:
-            remaining = self._call.last_activity + self._idle_timeout_s - time.monotonic()
-            if remaining <= 0:
-                return "idle timeout"
-            await asyncio.sleep(min(remaining, IDLE_POLL_S))
+            now = time.monotonic()
+            if self._on_hold:
+                self._last_audio = now
+            idle_left = self._call.last_activity + self._idle_timeout_s - now
+            if idle_left <= 0:
+                await self._notify(_ended_notice(f"no speech for {self._idle_timeout_s:g} s"))
+                return IDLE_REASON
+            wait = min(idle_left, IDLE_POLL_S)
+            if self._no_audio_timeout_s is not None:
+                audio_left = self._last_audio + self._no_audio_timeout_s - now
+                if audio_left <= 0:
+                    log.info(
+                        "call %s: no audio for %.0f s; ending it",
+                        self._call.id,
+                        self._no_audio_timeout_s,
+                    )
+                    notice = f"no audio received for {self._no_audio_timeout_s:g} s"
+                    await self._notify(_ended_notice(notice))
+                    return NO_AUDIO_REASON
+                wait = min(wait, audio_left)
+            await asyncio.sleep(wait)
+
+
+def _ended_notice(why: str) -> dict[str, Any]:
+    """The event that tells the caller a timeout ended the call."""
+    return ErrorEvent(stage="call", message=f"the call ended: {why}", retryable=False).to_dict()
 
 
 @contextlib.asynccontextmanager

@@ -3,9 +3,9 @@
 The manager enforces the concurrent-call limit, starts each call's runner
 (``signaling.bridge.CallBridge``: one task owning a TaskGroup of the call's
 audio, playback, events, control and idle watchdog), and ends calls: when the
-runner finishes on its own (the caller left, hung up, went idle, or a task
-failed), when the room or session is deleted, on a hang-up request and at
-shutdown.
+runner finishes on its own (the caller left, hung up, went idle, sent no
+audio for the no-audio timeout, or a task failed), when the room or session
+is deleted, on a hang-up request and at shutdown.
 
 Ending is idempotent and runs once, in a task owned by the call (so a
 cancelled caller of ``end`` cannot leave a half-closed call behind): cancel the
@@ -15,12 +15,15 @@ runner, close the session, close the transport, forget the call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from agent.config import AgentConfig
 from agent.events import AgentEvent, TranscriptEvent, VadEvent
@@ -29,6 +32,8 @@ from agent.runtime import AgentModels
 from agent.session import EventSink, VoiceSession
 from media.transport import Transport
 from signaling.bridge import CallBridge
+from signaling.correlation import CallContext, call_scope
+from signaling.ledger import HEARTBEAT_S, CallEntry, CallLedger, LedgerFullError, LocalLedger
 from signaling.recorder import SessionRecorder, messages_from_json
 from store.store import Store
 
@@ -37,6 +42,10 @@ log = logging.getLogger(__name__)
 
 class CallLimitError(Exception):
     """The server already carries its maximum number of calls."""
+
+
+class CallQuotaError(CallLimitError):
+    """The caller's API key already holds its maximum number of concurrent calls."""
 
 
 @dataclass(eq=False)
@@ -48,6 +57,8 @@ class Call:
     transport: str
     """The transport's kind (``"webrtc"``, ``"websocket"``)."""
     session: VoiceSession
+    key_id: str | None = None
+    """The API key the call counts against (None: anonymous)."""
     started_at: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
     end_reason: str | None = None
@@ -71,6 +82,11 @@ class Call:
         """Wait until the call is over."""
         await self._ended.wait()
 
+    @property
+    def correlation(self) -> CallContext:
+        """The call's ids for log lines and traces (``signaling.correlation``)."""
+        return CallContext(self.id, self.session.id, self.transport)
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary."""
         return {
@@ -87,7 +103,15 @@ class CallManager:
     """Creates, runs, tracks and ends calls.
 
     Each call's events go to ``sinks`` and to a ``SessionRecorder`` that writes
-    its turns, their cost estimated with ``prices`` (None: no estimate).
+    its turns, their cost estimated with ``prices`` (None: no estimate). A call
+    ends after ``idle_timeout_s`` without speech or typed text, and after
+    ``no_audio_timeout_s`` without any inbound audio frame; ``on_end`` is told
+    of each call once it is over.
+
+    Admission counts calls in ``ledger`` (every worker's calls; default: this
+    process's only) against ``max_calls`` and the API key's quota. A heartbeat
+    task keeps this worker's entries fresh and ends the calls another worker
+    was asked to hang up.
     """
 
     def __init__(
@@ -100,8 +124,17 @@ class CallManager:
         store: Store,
         sinks: list[EventSink] | None = None,
         prices: PriceTable | None = None,
+        ledger: CallLedger | None = None,
+        no_audio_timeout_s: float | None = None,
+        on_end: Callable[[Call], None] | None = None,
     ) -> None:
         self._models = models
+        self.no_audio_timeout_s = no_audio_timeout_s
+        """A call whose transport delivers no audio this long is ended (None: never)."""
+        self._on_end = on_end
+        """Told of every call once it is over (``end_reason`` set), e.g. to count it."""
+        self.ledger: CallLedger = ledger or LocalLedger()
+        self._heartbeat: asyncio.Task[None] | None = None
         self._prices = prices
         self._store = store
         self._config = config
@@ -138,8 +171,13 @@ class CallManager:
         output_rate: int,
         session_id: str | None = None,
         attributes: Mapping[str, str] | None = None,
+        key_id: str | None = None,
+        key_max_calls: int | None = None,
     ) -> Call:
         """Start a session for a new call; raises ``CallLimitError`` when full.
+
+        ``CallQuotaError`` (a ``CallLimitError``) when ``key_id`` already holds
+        ``key_max_calls`` calls on any worker.
 
         With ``session_id`` the call continues that session: its chat context
         is loaded from the hot tier (or rebuilt from SQL), and its turns are
@@ -153,8 +191,17 @@ class CallManager:
         if len(self._calls) + self._reserved >= self.max_calls:
             raise CallLimitError(f"the server carries its maximum of {self.max_calls} calls")
         self._reserved += 1
+        call_id = "call_" + secrets.token_urlsafe(9)
+        continuing = session_id is not None
+        session_id = session_id or "ses_" + secrets.token_urlsafe(16)
+        entry = CallEntry(call_id, session_id, transport, room_id=room_id, key_id=key_id)
         try:
-            call_id = "call_" + secrets.token_urlsafe(9)
+            await self._admit(entry, key_max_calls)
+        except BaseException:
+            self._reserved -= 1
+            raise
+        opened = False
+        try:
             holder: list[Call] = []
 
             def activity(event: AgentEvent) -> None:
@@ -165,11 +212,10 @@ class CallManager:
                     holder[0].touch()
 
             history = (
-                messages_from_json(await self._store.state.load(session_id)) if session_id else []
+                messages_from_json(await self._store.state.load(session_id)) if continuing else []
             )
-            session_id = session_id or "ses_" + secrets.token_urlsafe(16)
             recorder = SessionRecorder(
-                self._store, session_id, transport, attributes, prices=self._prices
+                self._store, session_id, transport, attributes, prices=self._prices, key_id=key_id
             )
             session = VoiceSession(
                 self._config,
@@ -180,14 +226,103 @@ class CallManager:
                 history=history,
             )
             recorder.bind_history(session.history)
-            call = Call(call_id, room_id, transport, session, recorder=recorder)
+            call = Call(call_id, room_id, transport, session, key_id=key_id, recorder=recorder)
             holder.append(call)
-            await session.start()
+            with call_scope(call.correlation):
+                await session.start()  # the session's tasks keep the call's ids
             self._calls[call_id] = call
+            opened = True
+            self._ensure_heartbeat()
             log.info("call %s opened (%s, room %s)", call_id, transport, room_id)
             return call
         finally:
             self._reserved -= 1
+            if not opened:
+                await asyncio.shield(self._release(call_id))
+
+    async def _admit(self, entry: CallEntry, key_max_calls: int | None) -> None:
+        """Count the call in the ledger; a ledger that cannot be reached admits locally."""
+        try:
+            await self.ledger.admit(entry, max_calls=self.max_calls, key_max_calls=key_max_calls)
+        except LedgerFullError as exc:
+            if exc.scope == "key":
+                raise CallQuotaError(str(exc)) from exc
+            raise CallLimitError(str(exc)) from exc
+        except (RedisError, OSError) as exc:
+            # Availability first: the local cap still holds; the shared one is back
+            # with the ledger. Logged by class only.
+            log.warning("call ledger unavailable (%s): admitted locally", type(exc).__name__)
+
+    async def _release(self, call_id: str) -> None:
+        try:
+            await self.ledger.release(call_id)
+        except (RedisError, OSError) as exc:
+            log.warning("call ledger unavailable (%s): entry left to expire", type(exc).__name__)
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(
+                self._beat(),
+                name="calls:heartbeat",
+                context=contextvars.Context(),  # no request's or call's ids: it serves all
+            )
+
+    async def _stop_heartbeat(self) -> None:
+        """Stop the heartbeat (no call left to keep fresh); the next call starts it again."""
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _beat(self) -> None:
+        """Refresh this worker's ledger entries; end calls other workers asked to hang up."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                wanted = await self.ledger.heartbeat(list(self._calls))
+            except (RedisError, OSError) as exc:
+                log.warning("call ledger heartbeat failed (%s)", type(exc).__name__)
+                continue
+            for call_id in wanted:
+                call = self._calls.get(call_id)
+                if call is not None:
+                    self._begin_end(call, "hung up")
+
+    async def total(self) -> int:
+        """Live calls of every worker (this worker's alone when the ledger is unreachable)."""
+        try:
+            return max(len(await self.ledger.entries()), self.active)
+        except (RedisError, OSError) as exc:
+            log.warning("call ledger unavailable (%s): counting local calls", type(exc).__name__)
+            return self.active
+
+    async def describe_room(self, room_id: str) -> list[dict[str, Any]]:
+        """The live calls of a room on every worker (this worker's with their state)."""
+        local = [c.describe() for c in self.calls(room_id)]
+        seen = {c["id"] for c in local}
+        try:
+            others = await self.ledger.entries(room_id)
+        except (RedisError, OSError) as exc:
+            log.warning("call ledger unavailable (%s): listing local calls", type(exc).__name__)
+            others = []
+        return local + [e.describe() for e in others if e.call_id not in seen]
+
+    async def hang_up(self, call_id: str, room_id: str) -> bool:
+        """End a call of ``room_id`` wherever it runs; False when there is no such call.
+
+        A call of this worker ends before this returns; one of another worker
+        ends at that worker's next heartbeat (within ``HEARTBEAT_S``).
+        """
+        call = self._calls.get(call_id)
+        if call is not None:
+            if call.room_id != room_id:
+                return False
+            await self.end(call, "hung up")
+            return True
+        entries = {e.call_id: e for e in await self.ledger.entries(room_id)}
+        if call_id not in entries:
+            return False
+        return await self.ledger.request_end(call_id)
 
     def start(self, call: Call, transport: Transport) -> None:
         """Run an opened call over ``transport`` until it ends (see ``CallBridge``)."""
@@ -196,10 +331,16 @@ class CallManager:
         if call.end_reason is not None:
             raise RuntimeError(f"call {call.id} has ended")
         call.link = transport
-        bridge = CallBridge(call, transport, idle_timeout_s=self.idle_timeout_s)
-        call._runner = asyncio.get_running_loop().create_task(
-            self._run(call, bridge), name=f"{call.id}:runner"
+        bridge = CallBridge(
+            call,
+            transport,
+            idle_timeout_s=self.idle_timeout_s,
+            no_audio_timeout_s=self.no_audio_timeout_s,
         )
+        with call_scope(call.correlation):  # the bridge's tasks keep the call's ids
+            call._runner = asyncio.get_running_loop().create_task(
+                self._run(call, bridge), name=f"{call.id}:runner"
+            )
 
     async def _run(self, call: Call, bridge: CallBridge) -> str:
         try:
@@ -230,9 +371,10 @@ class CallManager:
     def _begin_end(self, call: Call, reason: str) -> asyncio.Task[None]:
         if call._closing is None:
             call.end_reason = reason
-            call._closing = asyncio.get_running_loop().create_task(
-                self._close(call), name=f"{call.id}:close"
-            )
+            with call_scope(call.correlation):
+                call._closing = asyncio.get_running_loop().create_task(
+                    self._close(call), name=f"{call.id}:close"
+                )
         return call._closing
 
     async def _close(self, call: Call) -> None:
@@ -250,18 +392,38 @@ class CallManager:
                     await call.link.close(call.end_reason or "call ended")
             finally:
                 self._calls.pop(call.id, None)
+                await asyncio.shield(self._release(call.id))
+                if not self._calls:
+                    await self._stop_heartbeat()
                 if call.recorder is not None:
                     call.recorder.ended(call.end_reason)
+                if self._on_end is not None:
+                    try:
+                        self._on_end(call)
+                    except Exception as exc:  # a metrics hook must never keep a call open
+                        log.error("call %s: on_end failed (%s)", call.id, type(exc).__name__)
                 call._ended.set()
                 log.info("call %s ended (%s)", call.id, call.end_reason)
 
     async def end_room(self, room_id: str) -> int:
-        """End every call of a room; returns how many."""
+        """End every call of a room on every worker; returns how many.
+
+        This worker's calls are over when this returns; other workers end theirs
+        at their next heartbeat.
+        """
         calls = self.calls(room_id)
         await asyncio.gather(*(self.end(c, "room deleted") for c in calls))
-        return len(calls)
+        try:
+            others = [e for e in await self.ledger.entries(room_id) if e.call_id not in self._calls]
+            asked = [await self.ledger.request_end(e.call_id) for e in others]
+        except (RedisError, OSError) as exc:
+            log.warning("call ledger unavailable (%s): ended local calls", type(exc).__name__)
+            asked = []
+        return len(calls) + sum(asked)
 
     async def shutdown(self) -> None:
         """Refuse new calls and end all live ones."""
         self._closing = True
         await asyncio.gather(*(self.end(c, "server shutdown") for c in list(self._calls.values())))
+        await self._stop_heartbeat()
+        await self.ledger.aclose()

@@ -15,6 +15,41 @@ from agent.pricing import PriceTable, stage_uses
 from agent.runtime import AgentModels
 from media.sip.server import SipStats
 
+_END_REASONS = frozenset(
+    {
+        "hung up",
+        "idle timeout",
+        "no audio",
+        "room deleted",
+        "server shutdown",
+        "offer failed",
+        "ice failed",
+        "connection failed",
+        "peer disconnected",
+    }
+)
+"""End reasons counted under their own label; the rest fold into a few classes."""
+
+
+def end_reason_label(reason: str | None) -> str:
+    """A bounded metric label for a call's end reason (``"no audio"`` -> ``no_audio``).
+
+    Reasons with details (``session closed (...)``, ``audio-in failed (ValueError)``)
+    and the transports' ``"<kind> closed"`` fold into ``session_closed``,
+    ``task_failed`` and ``caller_left``; anything else is ``other``.
+    """
+    text = (reason or "").strip()
+    if text in _END_REASONS:
+        return text.replace(" ", "_")
+    if text.startswith("session closed"):
+        return "session_closed"
+    if " failed (" in text:
+        return "task_failed"
+    if text.endswith(" closed") and " " not in text.removesuffix(" closed"):
+        return "caller_left"
+    return "other"
+
+
 _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 _STORE_GAUGES = {"writes_pending": "Durable writes queued, not yet applied"}
@@ -50,6 +85,28 @@ class _StoreCollector(Collector):
         for name, doc in _STORE_COUNTERS.items():
             if name in values:
                 yield CounterMetricFamily(f"parley_store_{name}", doc, value=values[name])
+
+
+class _RateLimitCollector(Collector):
+    """Reads the rate limits' counters (``RateLimits.stats``) at scrape time."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._stats()
+        refused = CounterMetricFamily(
+            "parley_rate_limited", "Requests refused by a rate limit (429)", labels=["bucket"]
+        )
+        for name, n in sorted(values.items()):
+            if name.startswith("refused_"):
+                refused.add_metric([name.removeprefix("refused_")], n)
+        yield refused
+        yield CounterMetricFamily(
+            "parley_rate_limit_storage_errors",
+            "Rate limit checks let through because their storage (Redis) failed",
+            value=values.get("storage_errors", 0),
+        )
 
 
 PROVIDER_LABELS_MAX = 32
@@ -203,6 +260,12 @@ class ServerMetrics:
         r = self.registry
         self.active_calls = Gauge("parley_active_calls", "Calls in progress", registry=r)
         self.calls = Counter("parley_calls", "Calls started", ["transport"], registry=r)
+        self.calls_ended = Counter(
+            "parley_calls_ended",
+            "Calls ended, by transport and reason (see end_reason_label)",
+            ["transport", "reason"],
+            registry=r,
+        )
         self.turns = Counter("parley_turns", "Agent turns completed", registry=r)
         self.barge_ins = Counter("parley_barge_ins", "Confirmed interruptions", registry=r)
         self.false_interruptions = Counter(
@@ -268,6 +331,14 @@ class ServerMetrics:
     def watch_store(self, stats: Callable[[], Mapping[str, int]]) -> None:
         """Export the store's counters (``Store.stats``) as ``parley_store_*`` metrics."""
         self.registry.register(_StoreCollector(stats))
+
+    def watch_rate_limits(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Export the rate limits' refusals by bucket and their storage failures."""
+        self.registry.register(_RateLimitCollector(stats))
+
+    def call_ended(self, transport: str, reason: str | None) -> None:
+        """Count a call that ended (``CallManager``'s ``on_end``)."""
+        self.calls_ended.labels(transport, end_reason_label(reason)).inc()
 
     def observe(self, event: AgentEvent) -> None:
         """Session event sink."""

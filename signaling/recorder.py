@@ -133,6 +133,7 @@ class SessionRecorder:
         attributes: Mapping[str, str] | None = None,
         *,
         prices: PriceTable | None = None,
+        key_id: str | None = None,
     ) -> None:
         self._store = store
         self._prices = prices
@@ -140,7 +141,7 @@ class SessionRecorder:
         self._pending: dict[str, ReplyEvent] = {}
         self._inputs: dict[str, str] = {}
         self._history: ChatHistory | None = None
-        store.writer.submit(SessionStarted(session_id, transport, attributes))
+        store.writer.submit(SessionStarted(session_id, transport, attributes, key_id=key_id))
 
     def bind_history(self, history: ChatHistory) -> None:
         """Give the recorder the session's ``ChatHistory`` to save as its context."""

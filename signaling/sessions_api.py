@@ -1,8 +1,12 @@
 """Sessions: create, read, history and delete; each session is owned by its token.
 
-Operators read sessions that have no caller token (phone calls) with the admin
-token (``PARLEY_ADMIN_TOKEN``): it lists every session and reads any session and
-its history; deleting stays with the session's own token.
+Creating one needs the ``calls`` scope where API keys are required (see
+``signaling.access``), is rate limited, and records the key on the session
+(anonymous sessions that never get a turn are expired by the retention job).
+Operators read sessions that have no caller token (phone calls) with an admin
+credential (an admin-scope API key, or ``PARLEY_ADMIN_TOKEN``): it lists every
+session and reads any session and its history; deleting stays with the
+session's own token.
 """
 
 from __future__ import annotations
@@ -10,15 +14,16 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import hmac
 import json
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 
+from signaling.access import AccessError, guard
+from signaling.openapi import error_responses
 from signaling.state import ApiError, AppState, State
-from signaling.tokens import TokenError, bearer
+from signaling.tokens import bearer
 from signaling.usage import UsageTotals
 from store.models import VoiceSession
 from store.repositories import SessionCursor
@@ -29,26 +34,21 @@ MAX_PAGE = 200
 MAX_CURSOR_CHARS = 512
 
 
-def _is_admin(st: AppState, token: str | None) -> bool:
-    """Whether ``token`` is the admin token (constant-time; False when none is configured)."""
-    admin = st.settings.admin_token
-    if admin is None or not token:
-        return False
-    return hmac.compare_digest(token.encode(), admin.get_secret_value().encode())
-
-
-def _authorize(st: AppState, session_id: str, authorization: str | None) -> None:
-    """The admin token, or the session's own token (401 missing/invalid, 403 another's)."""
+async def _authorize(st: AppState, session_id: str, authorization: str | None) -> None:
+    """An admin credential, or the session's own token (401 missing/invalid, 403 another's
+    session, or an API key without the admin scope)."""
     token = bearer(authorization)
-    if _is_admin(st, token):
-        return
-    st.tokens.verify_session(token, session_id)
+    principal = await st.access.identify(token)
+    if principal is None:
+        st.tokens.verify_session(token, session_id)
+    elif not principal.allows("admin"):
+        raise AccessError("the session's token or an admin key is required", 403)
 
 
-def require_admin(st: AppState, authorization: str | None) -> None:
-    """401 unless ``authorization`` carries the admin token."""
-    if not _is_admin(st, bearer(authorization)):
-        raise TokenError("the admin token is required", 401)
+async def require_admin(st: AppState, authorization: str | None) -> None:
+    """401 unless ``authorization`` carries an admin credential (403: a key without the
+    admin scope)."""
+    await st.access.require(authorization, "admin")
 
 
 def _encode_cursor(cursor: SessionCursor) -> str:
@@ -102,7 +102,7 @@ def new_session(st: AppState) -> dict[str, Any]:
     return {"id": session_id, "token": token, "token_expires_at": exp}
 
 
-@router.get("")
+@router.get("", responses=error_responses(400, 401, 403, 503))
 async def list_sessions(
     st: State,
     authorization: Annotated[str | None, Header()] = None,
@@ -110,13 +110,13 @@ async def list_sessions(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
 ) -> dict[str, Any]:
-    """Every session, newest first (admin token only).
+    """Every session, newest first (an admin credential only).
 
     ``transport`` keeps one transport's sessions (``sip``, ``webrtc``, ...);
     ``limit`` (1-200) sessions a page; pass the answer's ``next_cursor`` as
     ``cursor`` for the next page (null: no more).
     """
-    require_admin(st, authorization)
+    await require_admin(st, authorization)
     after = _decode_cursor(cursor) if cursor is not None else None
     page = await st.store.sessions.page(transport=transport, limit=limit, after=after)
     return {
@@ -125,15 +125,22 @@ async def list_sessions(
     }
 
 
-@router.post("", status_code=201)
-async def create_session(st: State) -> dict[str, Any]:
-    """Create a session; keep its ``token`` to read it and to attach calls and chats."""
+@router.post("", status_code=201, responses=error_responses(401, 403, 413, 429, 503))
+async def create_session(
+    request: Request, st: State, authorization: Annotated[str | None, Header()] = None
+) -> dict[str, Any]:
+    """Create a session; keep its ``token`` to read it and to attach calls and chats.
+
+    Needs an API key with the ``calls`` scope where keys are required; rate
+    limited per client address and per key (429).
+    """
+    principal = await guard(st, request, authorization, bucket="create")
     out = new_session(st)
-    await st.store.sessions.create(out["id"], transport="none")
+    await st.store.sessions.create(out["id"], transport="none", key_id=principal.key_id)
     return out
 
 
-@router.get("/{session_id}")
+@router.get("/{session_id}", responses=error_responses(401, 403, 404, 503))
 async def get_session(
     session_id: str, st: State, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
@@ -143,7 +150,7 @@ async def get_session(
     the cost estimate (USD; null when no turn had a price) and, under
     ``providers[stage][provider]``, each provider's share.
     """
-    _authorize(st, session_id, authorization)
+    await _authorize(st, session_id, authorization)
     row = await st.store.sessions.get(session_id)
     if row is None:
         raise ApiError(404, "session_not_found", "no such session")
@@ -151,7 +158,7 @@ async def get_session(
     return {**_session_out(st, row), "usage": usage.to_dict()}
 
 
-@router.get("/{session_id}/history")
+@router.get("/{session_id}/history", responses=error_responses(401, 403, 404, 503))
 async def get_history(
     session_id: str, st: State, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
@@ -163,7 +170,7 @@ async def get_history(
     recorded without one); ``usage`` at the top sums the turns listed, as
     ``GET /v1/sessions/{id}`` does.
     """
-    _authorize(st, session_id, authorization)
+    await _authorize(st, session_id, authorization)
     if await st.store.sessions.get(session_id) is None:
         raise ApiError(404, "session_not_found", "no such session")
     turns = await st.store.sessions.turns(session_id)
@@ -188,7 +195,7 @@ async def get_history(
     }
 
 
-@router.delete("/{session_id}")
+@router.delete("/{session_id}", responses=error_responses(401, 403, 404, 503))
 async def delete_session(
     session_id: str, st: State, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
+from limits import parse_many
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -47,15 +49,58 @@ class ServerSettings(BaseSettings):
     several machines must accept each other's tokens."""
     token_ttl_s: int = Field(3600, ge=10)
     admin_token: SecretStr | None = Field(None, min_length=16)
-    """Operators' bearer token (``Authorization: Bearer ...``): lists every session
-    (``GET /v1/sessions``) and reads any session and its history, SIP calls included.
-    Unset: no admin access. At least 16 characters; generate it, e.g.
+    """Bootstrap admin credential (``Authorization: Bearer ...``): it has the ``admin``
+    scope of an API key (every session, API keys, SIP admin), so an operator can create
+    the first keys over HTTP (``POST /v1/keys``) as well as with ``python -m store keys
+    create``. Unset: admin access with admin-scope API keys only. At least 16
+    characters; generate it, e.g.
     ``python -c 'import secrets; print(secrets.token_urlsafe(32))'``."""
+    require_keys: Literal["auto", "true", "false"] = "auto"
+    """Whether creating rooms and sessions (and the chat, STT and TTS utilities) needs an
+    API key with the ``calls`` scope (``PARLEY_REQUIRE_KEYS``). ``auto``: only when the
+    server listens on an address other than loopback (``127.0.0.1``, ``::1``,
+    ``localhost``); ``true``: always; ``false``: never (anonymous callers everywhere)."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Web origins (``https://app.example.org``) whose pages may call the API from a
+    browser (``PARLEY_CORS_ORIGINS``, comma-separated or a JSON list; ``*``: any).
+    Empty (default): no CORS headers at all, so only the server's own page can."""
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Reverse proxies (CIDRs) whose ``X-Forwarded-For`` names the client address used by
+    the rate limits (``PARLEY_TRUSTED_PROXIES``); empty (default): the peer address."""
+    rate_limit_create: str = "30/minute"
+    """Room and session creation, per client address and per API key
+    (``PARLEY_RATE_LIMIT_CREATE``; ``limits`` notation, several joined by ``;``, e.g.
+    ``5/second;30/minute``; ``off`` disables it)."""
+    rate_limit_offer: str = "30/minute"
+    """Calls placed (WebRTC offers, WebSocket calls), per client address and per API key
+    of the room (``PARLEY_RATE_LIMIT_OFFER``)."""
+    rate_limit_chat: str = "60/minute"
+    """Text chat turns (``POST /v1/chat/text``) per client address and API key
+    (``PARLEY_RATE_LIMIT_CHAT``)."""
+    rate_limit_voice: str = "30/minute"
+    """STT and TTS utility requests per client address and API key
+    (``PARLEY_RATE_LIMIT_VOICE``)."""
     max_calls: int = Field(4, ge=1)
-    """Concurrent calls (WebRTC and WebSocket) beyond which new calls get 503."""
+    """Concurrent calls (all transports, all workers) beyond which new calls get 503."""
+    workers: int | None = Field(None, ge=1, le=64)
+    """Worker processes of ``python -m signaling`` (``--workers``); None: one per core."""
+    worker_index: int = Field(0, ge=0)
+    """This process's index among the workers (set by the supervisor; 0 runs SIP and the
+    periodic jobs)."""
+    worker_count: int = Field(1, ge=1)
+    """How many workers serve the port (set by the supervisor)."""
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     idle_timeout_s: float = Field(120.0, gt=0)
-    """A call whose caller has been silent this long is ended."""
+    """A call whose caller has neither spoken nor typed this long is ended."""
+    malloc_arena_max: int | None = Field(2, ge=1, le=64)
+    """glibc malloc arenas per worker process (``PARLEY_MALLOC_ARENA_MAX``; unset: glibc's
+    default of 8 per core). Fewer arenas keep less freed memory stranded after a burst
+    of requests (``signaling.allocator``); ``MALLOC_ARENA_MAX`` in the environment wins."""
+    no_audio_timeout_s: float = Field(15.0, gt=0)
+    """A call whose transport delivered no audio frame at all this long is ended
+    (``PARLEY_NO_AUDIO_TIMEOUT_S``): a vanished WebRTC peer, a WebSocket that sends
+    nothing. Clients send audio continuously, silence included. SIP fills silence
+    itself and keeps its own ``sip_no_rtp_timeout_s``."""
     ice_servers: list[IceServer] = Field(default_factory=list)
     output_rate: int = 48_000
     """Rate of the agent's WebRTC track (Opus runs at 48 kHz)."""
@@ -128,6 +173,67 @@ class ServerSettings(BaseSettings):
         if not 1024 <= lo < hi <= 65535:
             raise ValueError(f"PARLEY_RTP_PORTS must be within 1024-65535, got {lo}-{hi}")
         return lo, hi
+
+    @field_validator("require_keys", mode="before")
+    @classmethod
+    def _require_keys_word(cls, value: object) -> object:
+        """Accept the usual spellings of a boolean (``1``, ``yes``, ``on``...) as well."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            text = value.strip().lower()
+            return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false"}.get(
+                text, "false" if text == "off" else text
+            )
+        return value
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated_list(cls, value: object) -> object:
+        """A JSON list, or comma-separated values."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        """Origins are ``scheme://host[:port]`` (no path, no trailing slash), or ``*``."""
+        origins = [o.rstrip("/") for o in value]
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(
+                    f"PARLEY_CORS_ORIGINS entries are scheme://host[:port]: {origin!r}"
+                )
+        return origins
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        """Each entry must be an address or a network."""
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("rate_limit_create", "rate_limit_offer", "rate_limit_chat", "rate_limit_voice")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        """``off``, or what ``limits`` parses (``30/minute``, ``5/second;100/hour``)."""
+        text = value.strip()
+        if text.lower() == "off":
+            return "off"
+        try:
+            parse_many(text)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit ({exc}); write e.g. 30/minute, or off") from exc
+        return text
+
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` parsed."""
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
 
     @field_validator("admin_token", mode="before")
     @classmethod

@@ -37,6 +37,7 @@ from media.sip.server import Acceptance, IncomingCall, SipRejection, SipServer, 
 from media.sip.transport import SipTransport
 from signaling.admission import AdmissionError, open_protocol_call, start_call
 from signaling.calls import Call
+from signaling.openapi import error_responses
 from signaling.sessions_api import require_admin
 from signaling.state import ApiError, AppState, State
 
@@ -209,16 +210,16 @@ async def start_sip(st: AppState) -> tuple[SipServer, SipCalls] | None:
     return server, handler
 
 
-@router.post("/calls/{call_id}/transfer")
+@router.post("/calls/{call_id}/transfer", responses=error_responses(401, 403, 404, 409, 503))
 async def transfer_call(
     call_id: str, st: State, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
-    """Blind-transfer a phone call to ``PARLEY_SIP_TRANSFER_URI`` (admin token).
+    """Blind-transfer a phone call to ``PARLEY_SIP_TRANSFER_URI`` (an admin credential).
 
     Sends a REFER in the call's dialog and returns its final status (202:
     the caller's side accepted and will call the target, then hang up).
     """
-    require_admin(st, authorization)
+    await require_admin(st, authorization)
     target = st.settings.sip_transfer_uri
     if target is None:
         raise ApiError(503, "no_transfer_target", "PARLEY_SIP_TRANSFER_URI is not set")

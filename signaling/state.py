@@ -9,16 +9,20 @@ from fastapi import Depends, Request
 
 from agent.config import AgentConfig
 from agent.runtime import AgentModels
+from signaling.access import AccessControl
 from signaling.calls import CallManager
 from signaling.metrics import ServerMetrics
-from signaling.rooms import RoomRegistry
+from signaling.ratelimit import RateLimits
 from signaling.settings import ServerSettings
 from signaling.textchat import TextChats
 from signaling.tokens import TokenService
+from signaling.worker_metrics import WorkerMetrics
+from store.rooms import RoomRepository
 from store.store import Store
 
 if TYPE_CHECKING:
     from media.sip.server import SipServer
+    from signaling.jobs import JobRunner
 
 
 class ApiError(Exception):
@@ -39,14 +43,23 @@ class AppState:
     config: AgentConfig
     models: AgentModels
     tokens: TokenService
-    rooms: RoomRegistry
+    rooms: RoomRepository
+    """Rooms, in the store: every worker sees every room."""
     calls: CallManager
     metrics: ServerMetrics
     chats: TextChats
     store: Store
     started_at: float
+    access: AccessControl
+    """API keys, scopes and the open (loopback) mode."""
+    limits: RateLimits
+    """Rate limits per client address and API key."""
+    worker_metrics: WorkerMetrics | None = None
+    """Every worker's metrics in one scrape (several workers only)."""
     sip: SipServer | None = None
     """The SIP server, when ``PARLEY_SIP_LISTEN`` is not off."""
+    jobs: JobRunner | None = None
+    """The periodic jobs (memory trim; store purge and retention on worker 0)."""
 
 
 def state_of(request: Request) -> AppState:

@@ -45,10 +45,13 @@ class TextChats:
         self._locks.move_to_end(session_id)
         return lock
 
-    async def reply(self, text: str, session_id: str | None = None) -> tuple[str, str]:
+    async def reply(
+        self, text: str, session_id: str | None = None, *, key_id: str | None = None
+    ) -> tuple[str, str]:
         """The agent's reply to ``text``; returns ``(session_id, reply)``.
 
-        Without ``session_id`` a new session is created.
+        Without ``session_id`` a new session is created, recording the API key
+        ``key_id`` that created it (None: anonymous).
         """
         if session_id is None:
             session_id = "ses_" + secrets.token_urlsafe(16)
@@ -56,7 +59,7 @@ class TextChats:
         async with self._lock(session_id):
             history = ChatHistory(self._config.system_prompt, self._config.llm.max_history_turns)
             history.restore(messages_from_json(await self._store.state.load(session_id)))
-            writer.submit(SessionStarted(session_id, "text"))
+            writer.submit(SessionStarted(session_id, "text", key_id=key_id))
             turn_id = "text_" + secrets.token_hex(6)
             history.add_user(text)
             writer.submit(TurnRecord(session_id, turn_id, "user", text, stt_confidence=None))

@@ -1,4 +1,9 @@
-"""REST utilities: text chat, speech-to-text of an upload, text-to-speech to WAV."""
+"""REST utilities: text chat, speech-to-text of an upload, text-to-speech to WAV.
+
+Each is rate limited per client address and API key (``chat`` and ``voice``
+buckets). STT, TTS and a chat that starts a new session need the ``calls``
+scope where API keys are required; continuing a chat needs its session token.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from media.decode import decode_audio
 from media.frames import PCM, PIPELINE_RATE, AudioFrame, FloatPCM, int16_to_float
 from media.resample import resample
 from media.wav import wav_bytes
+from signaling.access import guard
+from signaling.openapi import BINARY, error_responses, raw_body
 from signaling.state import ApiError, State
 from signaling.tokens import bearer
 
@@ -36,28 +43,69 @@ class TtsIn(BaseModel):
     text: str = Field(..., min_length=1, max_length=2000)
 
 
-@router.post("/chat/text")
+@router.post("/chat/text", responses=error_responses(400, 401, 403, 413, 429, 502, 503))
 async def chat_text(
-    body: ChatIn, st: State, authorization: Annotated[str | None, Header()] = None
+    body: ChatIn,
+    request: Request,
+    st: State,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """One text turn with the agent.
 
-    Without ``session_id`` a new session starts and its token is returned;
-    to continue a session (text or voice), pass its id and its token as Bearer.
+    Without ``session_id`` a new session starts (an API key with the ``calls``
+    scope where keys are required) and its token is returned; to continue a
+    session (text or voice), pass its id and its token as Bearer.
     """
     token: str | None = None
     if body.session_id is not None:
+        await st.limits.hit("chat", address=st.limits.client_address(request))
         st.tokens.verify_session(bearer(authorization), body.session_id)
         session_id, reply = await st.chats.reply(body.text, body.session_id)
     else:
-        session_id, reply = await st.chats.reply(body.text)
+        principal = await guard(st, request, authorization, bucket="chat")
+        session_id, reply = await st.chats.reply(body.text, key_id=principal.key_id)
         token = st.tokens.mint_session(session_id)[0]
     return {"session_id": session_id, "session_token": token, "reply": reply}
 
 
-@router.post("/voice/stt")
-async def stt(request: Request, st: State) -> dict[str, Any]:
+_STT_BODY = raw_body(
+    {
+        **{
+            media: BINARY
+            for media in (
+                "audio/wav",
+                "audio/ogg",
+                "audio/mpeg",
+                "audio/webm",
+                "audio/flac",
+                "application/octet-stream",
+            )
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+    },
+    description=(
+        "The audio file, as the raw body (any container PyAV reads) or as the "
+        f"``file`` part of a form; at most {MAX_UPLOAD_SECONDS:.0f} s of audio."
+    ),
+)
+
+
+@router.post(
+    "/voice/stt",
+    responses=error_responses(400, 401, 403, 413, 415, 429, 502, 503),
+    openapi_extra=_STT_BODY,
+)
+async def stt(
+    request: Request, st: State, authorization: Annotated[str | None, Header()] = None
+) -> dict[str, Any]:
     """Transcribe an uploaded audio file (WAV, OGG, MP3, WebM...; raw body or multipart)."""
+    await guard(st, request, authorization, bucket="voice")
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         form = await request.form()
@@ -84,13 +132,26 @@ def _decode_upload(data: bytes) -> tuple[PCM, FloatPCM]:
     return pcm, int16_to_float(pcm)
 
 
-@router.post("/voice/tts", response_class=Response)
-async def tts(body: TtsIn, st: State) -> Response:
+@router.post(
+    "/voice/tts",
+    response_class=Response,
+    responses={
+        200: {"description": "16-bit mono WAV.", "content": {"audio/wav": BINARY}},
+        **error_responses(400, 401, 403, 413, 429, 502, 503),
+    },
+)
+async def tts(
+    body: TtsIn,
+    request: Request,
+    st: State,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Response:
     """Synthesize text to a 16-bit mono WAV at the default voice's own rate.
 
     Chunks from another voice (a fallback provider) are resampled to that
     rate; ``X-Voice`` names the voices that actually spoke, in order.
     """
+    await guard(st, request, authorization, bucket="voice")
     engine = st.models.tts
     chunks = [chunk async for chunk in engine.stream(body.text)]
     rate = engine.sample_rate

@@ -1,40 +1,46 @@
 """WebRTC calls: answer a caller's SDP offer with an aiortc peer that runs the agent.
 
-The offer is checked, the call admitted (``signaling.admission``), and the
-agent's peer created as a ``media.webrtc.WebRtcTransport``: the caller's Opus
+The offer is checked (``signaling.sdp_offer``) and answered by the agent's
+peer, created as a ``media.webrtc.WebRtcTransport``, before the call is
+admitted (``signaling.admission``): an offer that cannot be answered never
+takes a call slot or starts a session. The peer carries the caller's Opus
 track in, the agent's paced audio track out, JSON events out and control
-messages (``{"type": "text", "text": ...}``, ``{"type": "hangup"}``) in on the
-``events`` data channel. The call then runs on the bridge like any other.
+messages (``{"type": "text", "text": ...}``, ``{"type": "hangup"}``) in on
+the ``events`` data channel. The call then runs on the bridge like any other.
 """
 
 from __future__ import annotations
 
+import logging
+
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import OperationError
 
 from media.webrtc import WebRtcTransport
 from signaling.admission import Admitted, Grant, open_call, start_call
+from signaling.sdp_offer import MAX_SDP_BYTES, SdpError, check_offer
 from signaling.state import AppState
 
-MAX_SDP_BYTES = 64 * 1024
+__all__ = ["MAX_SDP_BYTES", "SdpError", "answer_offer", "check_offer"]
+
+log = logging.getLogger(__name__)
 
 
-class SdpError(ValueError):
-    """An offer that is not a usable SDP audio offer."""
+async def _answer(pc: RTCPeerConnection, sdp: str) -> RTCSessionDescription:
+    """Apply a checked offer and create the answer; ``SdpError`` if aiortc still refuses it.
 
-
-def check_offer(sdp: str, kind: str) -> None:
-    """Reject what is obviously not an SDP offer with audio before aiortc sees it."""
-    if kind != "offer":
-        raise SdpError(f"expected an SDP offer, got type {kind!r}")
-    if len(sdp) > MAX_SDP_BYTES:
-        raise SdpError("SDP is too large")
-    lines = [line.strip() for line in sdp.strip().splitlines()]
-    if not lines or lines[0] != "v=0":
-        raise SdpError("SDP must start with v=0")
-    if not any(line.startswith("m=audio") for line in lines):
-        raise SdpError("SDP offer has no audio media section")
-    if not any(line.startswith("a=fingerprint:") for line in lines):
-        raise SdpError("SDP offer has no DTLS fingerprint")
+    The offer is the only input of these two steps, so whatever they raise is
+    the offer's fault: it is reported as ``SdpError`` (400), never a 500.
+    """
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        answer: RTCSessionDescription = await pc.createAnswer()
+    except OperationError as exc:
+        raise SdpError("the offer has no codec in common with this server") from exc
+    except Exception as exc:  # aiortc's own checks: ValueError, KeyError, InvalidStateError...
+        log.info("offer refused by aiortc: %s", type(exc).__name__)
+        raise SdpError(f"the offer cannot be answered ({type(exc).__name__})") from exc
+    return answer
 
 
 async def answer_offer(
@@ -42,25 +48,24 @@ async def answer_offer(
 ) -> tuple[Admitted, RTCSessionDescription]:
     """Admit a WebRTC call for an offer; returns it and the agent's SDP answer.
 
-    Raises ``SdpError`` for a malformed offer (before any call is opened) and
-    ``AdmissionError`` when the server is full.
+    Raises ``SdpError`` for an offer that cannot be answered (before any call
+    is opened: no slot, no session) and ``AdmissionError`` when the server is
+    full.
     """
     check_offer(sdp, kind)
     rate = st.settings.output_rate
-    admitted = await open_call(st, grant, "webrtc", output_rate=rate)
-    call = admitted.call
     ice = [RTCIceServer(s.urls, s.username, s.credential) for s in st.settings.ice_servers]
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
     transport = WebRtcTransport(pc, rate)
+    admitted: Admitted | None = None
     try:
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except (ValueError, KeyError, IndexError) as exc:
-            raise SdpError(f"malformed SDP offer: {exc}") from exc
-        await pc.setLocalDescription(await pc.createAnswer())
+        answer = await _answer(pc, sdp)
+        admitted = await open_call(st, grant, "webrtc", output_rate=rate)
+        await pc.setLocalDescription(answer)
     except BaseException:
-        await st.calls.end(call, "offer failed")
+        if admitted is not None:
+            await st.calls.end(admitted.call, "offer failed")
         await transport.close("offer failed")
         raise
-    start_call(st, call, transport)
+    start_call(st, admitted.call, transport)
     return admitted, pc.localDescription

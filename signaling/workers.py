@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
 import multiprocessing
 import os
 import signal
@@ -86,6 +87,9 @@ def uvicorn_config(app: Any, settings: ServerSettings, options: ServeOptions) ->
         log_level=options.log_level,
         log_config=options.log_config,
         ws_max_size=WS_MAX_SIZE,
+        # Client addresses (rate limits) come from the socket; X-Forwarded-For is
+        # honoured only from PARLEY_TRUSTED_PROXIES, by the rate limiter itself.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) - 5,
     )
 
@@ -109,10 +113,10 @@ def _worker_main(index: int, count: int, options: ServeOptions, sock: socket.soc
     """Entry point of a spawned worker: build the app and serve on the shared socket."""
     from signaling.app import create_app  # imported here: the supervisor never loads models
 
-    logging.basicConfig(
-        level=options.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [w{index}] %(name)s: %(message)s",
-    )
+    if options.log_config is not None:
+        logging.config.dictConfig(options.log_config)
+    else:
+        logging.basicConfig(level=options.log_level.upper())
     settings = ServerSettings(**options.overrides, worker_index=index, worker_count=count)
     # The schema is already migrated by the supervisor: workers never race on it.
     store_settings = StoreSettings(PARLEY_AUTO_MIGRATE=False)

@@ -12,9 +12,16 @@ Out: JSON session events as text messages, and the agent's voice as binary
 speaks (barge-in simply stops them).
 
 Refusals close the socket after one JSON error with code 4401 (no or bad
-token), 4403 (another room's token), 4404 (no such room) or 4503 (too many
-calls); a frame over ``MAX_MESSAGE_BYTES`` closes it with 1009. When the call
-ends the server closes with 1000 and the reason (``hung up``, ``idle timeout``...).
+token), 4403 (another room's token, or its API key revoked), 4404 (no such
+room), 4429 (a rate limit or the API key's call quota) or 4503 (too many
+calls, or the store unavailable); a frame over ``MAX_MESSAGE_BYTES`` closes
+it with 1009. When the call ends the server closes with 1000 and the reason
+(``hung up``, ``idle timeout``, ``no audio``...).
+
+Audio must keep flowing, silence included: a socket that delivers no audio for
+``PARLEY_NO_AUDIO_TIMEOUT_S`` (15 s) gets an ``error`` event (stage ``call``,
+"the call ended: no audio received for 15 s") and is closed with 1000 and
+``no audio``, so a client that connects and goes quiet cannot hold a call slot.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from media.frames import FRAME_MS, PIPELINE_RATE, AudioFrame
 from media.playout import PlayoutBuffer
 from media.transport import ControlInbox, ControlMessage, TransportClosedError, parse_control
 from signaling.admission import AdmissionError, authorize, open_call, start_call
+from signaling.ratelimit import RateLimitedError
 from signaling.state import AppState
 from signaling.tokens import bearer
 
@@ -137,16 +145,20 @@ async def voice_socket(ws: WebSocket) -> None:
     st: AppState = ws.app.state.parley
     session_id = ws.query_params.get("session") or None
     try:
-        grant = authorize(
+        grant = await authorize(
             st,
             ws.query_params.get("room", ""),
             ws.query_params.get("token") or bearer(ws.headers.get("authorization")),
             session_id=session_id,
             session_token=ws.query_params.get("session_token"),
+            address=st.limits.client_address(ws),
         )
         admitted = await open_call(st, grant, "websocket", output_rate=PIPELINE_RATE)
     except AdmissionError as exc:
         await _refuse(ws, exc)
+        return
+    except RateLimitedError as exc:
+        await _refuse(ws, AdmissionError(429, "rate_limited", str(exc)))
         return
     call = admitted.call
     try:

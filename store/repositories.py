@@ -59,8 +59,13 @@ class SessionRepository:
         transport: str,
         language: str = "en",
         attributes: Mapping[str, Any] | None = None,
+        key_id: str | None = None,
     ) -> None:
-        """Insert a session (if it exists: merge the new call's ``attributes`` into it)."""
+        """Insert a session (if it exists: merge the new call's ``attributes`` into it).
+
+        ``key_id`` is the API key that created it (None: anonymous); an existing
+        session keeps the key it has.
+        """
         async with self._sessions.begin() as db:
             row = await db.get(VoiceSession, session_id)
             if row is None:
@@ -70,10 +75,14 @@ class SessionRepository:
                         transport=transport,
                         language=language,
                         attributes=dict(attributes) if attributes else None,
+                        key_id=key_id,
                     )
                 )
-            elif attributes:
-                row.attributes = {**(row.attributes or {}), **attributes}
+            else:
+                if attributes:
+                    row.attributes = {**(row.attributes or {}), **attributes}
+                if key_id is not None and row.key_id is None:
+                    row.key_id = key_id
 
     async def get(self, session_id: str) -> VoiceSession | None:
         """A session by id."""

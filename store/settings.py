@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from store.retention import DAY_S, RetentionPolicy
 
 DEFAULT_DATA_DIR = Path("data")
 
@@ -39,13 +41,35 @@ class StoreSettings(BaseSettings):
         1024 * 1024 * 1024, alias="PARLEY_TTS_CACHE_MAX_BYTES", ge=1024 * 1024
     )
     """Total PCM kept in the SQL tier; past it the least recently used phrases are purged."""
-    purge_interval_s: float = Field(3600.0, alias="PARLEY_PURGE_INTERVAL_S", gt=0)
-    """Period of the store's purge of old phrase audio and expired cache rows."""
+    purge_interval_s: float = Field(900.0, alias="PARLEY_PURGE_INTERVAL_S", gt=0)
+    """Period of the store's purge (``Store.purge``: old phrase audio, expired cache rows,
+    unused anonymous sessions and, with a retention, old turns and sessions), run by the
+    server's job runner on worker 0."""
+    retention_days: float | None = Field(None, alias="PARLEY_RETENTION_DAYS", gt=0)
+    """Turns, interaction logs, sessions and audio cache rows older than this many days are
+    deleted (unset: kept forever)."""
+    anonymous_session_ttl_s: float = Field(3600.0, alias="PARLEY_ANONYMOUS_SESSION_TTL_S", ge=60)
+    """A session no API key created that has no turn is deleted this long after it started."""
     key_prefix: str = Field("parley:", alias="PARLEY_REDIS_PREFIX")
     db_schema: str | None = Field(None, alias="PARLEY_DB_SCHEMA", pattern=r"^[a-z_][a-z0-9_]*$")
     """PostgreSQL schema to use (created if missing); default: the server's search path."""
     auto_migrate: bool | None = Field(None, alias="PARLEY_AUTO_MIGRATE")
     """None: migrate automatically in embedded mode (SQLite) only."""
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _blank_is_forever(cls, value: object) -> object:
+        """``PARLEY_RETENTION_DAYS=`` (empty, as compose files pass it) keeps everything."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    def retention_policy(self) -> RetentionPolicy:
+        """The retention rules these settings ask for (``store.retention``)."""
+        return RetentionPolicy(
+            anonymous_ttl_s=self.anonymous_session_ttl_s,
+            retention_s=None if self.retention_days is None else self.retention_days * DAY_S,
+        )
 
     @property
     def embedded(self) -> bool:

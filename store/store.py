@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
+import datetime as dt
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from store.apikeys import ApiKeyRepository
 from store.cache import HotCache, MemoryCache, RedisCache
 from store.db import ensure_schema, make_engine, migrate, sessionmaker
 from store.phrases import PhraseAudioCache
 from store.repositories import CacheRepository, SessionRepository, TtsAudioRepository
+from store.retention import Retention
+from store.rooms import RoomRepository
 from store.session_state import SessionStateStore
 from store.settings import StoreSettings
 from store.tiered import TieredCache
@@ -25,9 +29,10 @@ log = logging.getLogger(__name__)
 class Store:
     """Everything persistent of a process. Build with ``await Store.open(settings)``.
 
-    Owns three background tasks: the turn writer's (``writer``), the phrase
-    cache's write-behind (``phrases``) and the periodic purge of old phrase
-    audio and expired cache rows; ``close()`` drains and reaps them.
+    Owns two background tasks: the turn writer's (``writer``) and the phrase
+    cache's write-behind (``phrases``); ``close()`` drains and reaps them.
+    ``purge()`` applies the clean-up and retention rules once; running it
+    periodically is the server's job runner's work, on one worker only.
     """
 
     settings: StoreSettings
@@ -41,7 +46,10 @@ class Store:
     phrases: PhraseAudioCache
     state: SessionStateStore
     writer: TurnWriter
-    _purge_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    keys: ApiKeyRepository
+    """API keys (hashed), with a short per-process cache."""
+    rooms: RoomRepository
+    """Rooms, shared by every worker."""
 
     @classmethod
     async def open(
@@ -84,7 +92,11 @@ class Store:
             TtsAudioRepository(db),
             settings.cache_ttl_s,
             read_budget_s=settings.tts_cache_read_budget_ms / 1000,
-            max_age_s=settings.tts_cache_max_age_s,
+            # a retention shorter than the cache's own age bound applies to phrase audio too
+            max_age_s=min(
+                settings.tts_cache_max_age_s,
+                settings.retention_policy().retention_s or settings.tts_cache_max_age_s,
+            ),
             max_sql_bytes=settings.tts_cache_max_bytes,
         )
         store = cls(
@@ -98,10 +110,11 @@ class Store:
             phrases=phrases,
             state=state,
             writer=writer,
+            keys=ApiKeyRepository(db),
+            rooms=RoomRepository(db),
         )
         writer.start()
         phrases.start()
-        store._purge_task = asyncio.create_task(store._run_purges(), name="store-purge")
         log.info("store open: %s", store.describe())
         return store
 
@@ -144,38 +157,48 @@ class Store:
         hot_ok = await self.hot.ping() if isinstance(self.hot, RedisCache) else True
         return {"sql": sql_ok, "hot": hot_ok}
 
-    async def purge(self) -> int:
-        """Purge old and oversize phrase audio and expired cache rows now; rows removed."""
+    async def purge(
+        self,
+        *,
+        keep_sessions: Collection[str] = (),
+        rooms_created_before: dt.datetime | None = None,
+    ) -> int:
+        """Apply the clean-up and retention rules now; returns the rows removed.
+
+        Old and oversize phrase audio, expired cache rows, and the settings'
+        ``retention_policy`` (unused anonymous sessions; with
+        ``PARLEY_RETENTION_DAYS``, old turns, logs, sessions and cache rows:
+        ``store.retention``). ``keep_sessions`` (the live calls' sessions) are
+        never deleted; rooms created before ``rooms_created_before`` (their
+        join tokens expired) are deleted when it is given. Errors propagate.
+        """
         phrases = await self.phrases.purge()
         expired = await self.cache.sql.purge_expired()
-        if phrases.total or expired:
+        kept = await Retention(self.db).apply(self.settings.retention_policy(), keep=keep_sessions)
+        rooms = (
+            await self.rooms.purge(rooms_created_before) if rooms_created_before is not None else 0
+        )
+        total = phrases.total + expired + kept.total + rooms
+        if total:
             log.info(
-                "store purge: %d phrase rows (%d unused, %d over size), %d expired cache rows",
+                "store purge: %d phrase rows (%d unused, %d over size), %d expired cache rows, "
+                "%d unused anonymous sessions, %d turns, %d interaction logs, %d sessions and "
+                "%d cache rows past retention, %d rooms",
                 phrases.total,
                 phrases.expired,
                 phrases.over_size,
                 expired,
+                kept.anonymous_sessions,
+                kept.turns,
+                kept.interaction_logs,
+                kept.sessions,
+                kept.cache_rows,
+                rooms,
             )
-        return phrases.total + expired
-
-    async def _run_purges(self) -> None:
-        """Purge a minute after opening (not on the start-up path), then every
-        ``purge_interval_s``; a failed purge waits for the next."""
-        interval = self.settings.purge_interval_s
-        await asyncio.sleep(min(interval, 60.0))
-        while True:
-            try:
-                await self.purge()
-            except Exception as exc:
-                log.warning("store purge failed (%s); next in %.0f s", type(exc).__name__, interval)
-            await asyncio.sleep(interval)
+        return total
 
     async def close(self) -> None:
-        """Stop the purge, drain the writers and close connections."""
-        if self._purge_task is not None:
-            self._purge_task.cancel()
-            await asyncio.gather(self._purge_task, return_exceptions=True)
-            self._purge_task = None
+        """Drain the writers and close connections."""
         await self.writer.close()
         await self.phrases.aclose()
         if self.phrase_hot is not self.hot:

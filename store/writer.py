@@ -48,6 +48,8 @@ class SessionStarted:
     transport: str
     attributes: Mapping[str, str] | None = None
     """What the transport knows of the call (SIP: From URI, Call-ID); no secrets."""
+    key_id: str | None = None
+    """The API key that created the session (None: anonymous)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +302,9 @@ class TurnWriter:
         if isinstance(op, TurnRecord):
             await self._repo.add_turn(op)
         elif isinstance(op, SessionStarted):
-            await self._repo.create(op.session_id, op.transport, attributes=op.attributes)
+            await self._repo.create(
+                op.session_id, op.transport, attributes=op.attributes, key_id=op.key_id
+            )
             await self._repo.set_transport(op.session_id, op.transport)
         elif isinstance(op, SessionEnded):
             await self._repo.end(op.session_id, op.status, op.reason)

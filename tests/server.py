@@ -10,10 +10,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import LOGGING_CONFIG
 
 from agent.runtime import AgentModels
 from signaling.app import create_app
@@ -38,9 +40,14 @@ def running_server(
     store: StoreSettings | None = None,
     *,
     close_models: bool = False,
+    log_config: dict[str, Any] | None = None,
+    log_level: str = "warning",
     **settings: object,
 ) -> Iterator[str]:
     """Serve the app with shared ``models``; yields its base URL.
+
+    ``log_config`` and ``log_level`` go to uvicorn (default: uvicorn's own
+    logging set-up, at ``warning``); the log config applies to the whole process.
 
     The store defaults to a fresh embedded one (SQLite in a temp directory).
     With ``close_models`` the models are closed on the server's event loop when
@@ -54,7 +61,14 @@ def running_server(
         store = StoreSettings(PARLEY_DATA_DIR=Path(tmp.name), DATABASE_URL=None, REDIS_URL=None)
     app = create_app(cfg, models=models, store_settings=store)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level=log_level,
+            log_config=LOGGING_CONFIG if log_config is None else log_config,
+            lifespan="on",
+        )
     )
 
     async def serve() -> None:

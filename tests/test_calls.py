@@ -60,7 +60,8 @@ async def test_webrtc_call_question_and_answer(client: httpx.AsyncClient) -> Non
     try:
         answer = await connect(caller, client, r)
         assert answer["call_id"].startswith("call_")
-        listed = (await client.get(f"/v1/rooms/{r['id']}")).json()["calls"]
+        auth = {"Authorization": f"Bearer {r['token']}"}
+        listed = (await client.get(f"/v1/rooms/{r['id']}", headers=auth)).json()["calls"]
         assert [c["transport"] for c in listed] == ["webrtc"]
 
         def answered() -> bool:
@@ -95,7 +96,8 @@ async def test_webrtc_hangup_on_the_data_channel(client: httpx.AsyncClient) -> N
         caller.send({"type": "hangup"})
         # the server ends the call and closes its peer connection
         await wait_for(caller, lambda: caller.pc.connectionState == "closed", 30)
-        assert (await client.get(f"/v1/rooms/{r['id']}")).json()["calls"] == []
+        auth = {"Authorization": f"Bearer {r['token']}"}
+        assert (await client.get(f"/v1/rooms/{r['id']}", headers=auth)).json()["calls"] == []
     finally:
         await caller.close()
 

@@ -42,6 +42,7 @@ from agent.runtime import AgentModels
 from media.caller import TRACK_RATE, CallerPeer
 from media.frames import PCM, PIPELINE_RATE, rms_dbfs
 from media.wav import read_wav
+from tests.logcapture import LogCapture
 from tests.server import running_server
 from tests.speech import compose, speak
 from tests.vendors.elevenlabs_api import Behaviour, ElevenLabsAPI, synthesize
@@ -92,9 +93,6 @@ providers:
 """
 """Round prices, so each turn's expected cost follows from its usage exactly."""
 
-UVICORN_LOGGERS = ("uvicorn", "uvicorn.access")
-"""Where uvicorn's records end (``uvicorn.error`` propagates to ``uvicorn``)."""
-
 LOUD_DBFS = -45.0
 """Received frames above this are the agent speaking (its silence is digital)."""
 
@@ -102,76 +100,18 @@ LOUD_DBFS = -45.0
 # ------------------------------------------------------------------ log capture
 
 
-class LogCapture(logging.Handler):
-    """Keeps every record it is given; ``assert_clean`` looks for secrets in them."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.keys: set[str] = {GROQ_KEY, ELEVEN_KEY, REVOKED_KEY}
-        """API keys and tokens: in no record at all."""
-        self.texts: set[str] = set()
-        """What callers said and the agent answered."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def watch_server_logs(self) -> None:
-        """Keep uvicorn's records too: its access log (at INFO) and errors, whose loggers
-        do not propagate to the root.
-
-        Call after each server start: uvicorn configures its loggers as it starts.
-        """
-        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-        for name in UVICORN_LOGGERS:
-            logger = logging.getLogger(name)
-            if self not in logger.handlers:
-                logger.addHandler(self)
-
-    def keep_secret(self, *texts: str) -> None:
-        """Texts of a call to look for (short ones could occur by chance: skipped)."""
-        self.texts.update(t for t in texts if len(t) >= 12)
-
-    def text_of(self, record: logging.LogRecord) -> str:
-        """Everything a handler could write of ``record``."""
-        parts = [record.getMessage(), repr(record.args)]
-        if record.exc_info:
-            parts.append(logging.Formatter().formatException(record.exc_info))
-        if record.stack_info:
-            parts.append(record.stack_info)
-        return "\n".join(parts)
-
-    def assert_clean(self) -> None:
-        """No key or token in any record; no caller or agent text outside the store's."""
-        assert self.texts, "no call texts registered: nothing was checked"
-        for record in self.records:
-            text = self.text_of(record)
-            secrets = self.keys | self.texts
-            leaked = sorted(s for s in secrets if s in text)
-            assert not leaked, f"logger {record.name} logged {leaked}"
-
-    def logged(self, logger: str, fragment: str, level: int) -> bool:
-        """Whether ``logger`` logged a message containing ``fragment`` at ``level``."""
-        return any(
-            r.name == logger and r.levelno == level and fragment in r.getMessage()
-            for r in self.records
-        )
-
-
 @pytest.fixture(scope="module")
 def logs() -> Iterator[LogCapture]:
     """Every record of the module, from its first model load to its last server stop."""
     root, access = logging.getLogger(), logging.getLogger("uvicorn.access")
     levels = root.level, access.level
-    capture = LogCapture()
+    capture = LogCapture(keys={GROQ_KEY, ELEVEN_KEY, REVOKED_KEY})
     root.addHandler(capture)
     root.setLevel(logging.DEBUG)
     try:
         yield capture
     finally:
-        root.removeHandler(capture)
-        for name in UVICORN_LOGGERS:
-            logging.getLogger(name).removeHandler(capture)
+        capture.unwatch()
         root.setLevel(levels[0])
         access.setLevel(levels[1])
 
@@ -690,5 +630,5 @@ async def test_the_store_logs_no_turn_text_at_debug(
         await asyncio.sleep(0.1)
     else:
         raise TimeoutError("the chat's turns were not stored")
-    leaks = [record.name for record in logs.records if text in logs.text_of(record)]
+    leaks = [c.record.name for c in logs.captured if text in logs.text_of(c)]
     assert not leaks, f"the chat's text was logged by {sorted(set(leaks))}"

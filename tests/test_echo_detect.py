@@ -113,15 +113,23 @@ async def test_a_clear_line_passes_the_caller_untouched_where_aec3_cuts_them() -
         await playout.push(seg, speak(GREETING, RATE)[: RATE * 7])
         echo = EchoFilter.for_playout(playout, detector=EchoDetector() if detect else None)
         voice = np.concatenate([np.zeros(start, np.int16), caller])
-        out = []
+        out, mics = [], []
         for k in range(voice.size // FRAME):
             mic = _line(np.zeros(FRAME, np.int16), None, voice[k * FRAME : (k + 1) * FRAME])
+            mics.append(mic)
             out.append(echo.process(AudioFrame(mic, RATE)).samples)
             playout.pull()
         echo.close()
         outputs[detect] = np.concatenate(out)
         if detect:
             assert echo.verdict is EchoVerdict.CLEAR
+    sent = np.concatenate(mics)
     span = slice(start, start + caller.size)
-    assert abs(level_db(outputs[True][span]) - level_db(caller)) < 1.0
-    assert level_db(outputs[False][span]) < level_db(caller) - 6.0
+    # With the detector (once the line is judged clear) the caller passes sample for sample.
+    assert np.array_equal(outputs[True][span], sent[span])
+    # AEC3 alone, with nothing to learn, reworks it during the agent's speech (how much
+    # level it takes depends on the build and the CPU: 2.6 to 9 dB measured; the
+    # waveform's correlation with what was sent falls to about 0.1).
+    assert not np.array_equal(outputs[False][span], sent[span])
+    assert np.corrcoef(outputs[False][span], sent[span])[0, 1] < 0.9
+    assert level_db(outputs[False][span]) < level_db(caller) - 1.0

@@ -69,11 +69,13 @@ async def test_room_lifecycle_and_token(client: httpx.AsyncClient) -> None:
     assert str(room["id"]).startswith("room_") and room["token"] and room["ice_servers"] == []
     claims = jwt.decode(str(room["token"]), TEST_SECRET, algorithms=["HS256"], issuer="parley")
     assert claims["room"] == room["id"] and claims["exp"] > time.time()
-    got = (await client.get(f"/v1/rooms/{room['id']}")).json()
-    assert got["id"] == room["id"] and got["calls"] == [] and "token" not in got
     auth = {"Authorization": f"Bearer {room['token']}"}
+    # reading a room needs its join token (or an admin credential)
+    assert (await client.get(f"/v1/rooms/{room['id']}")).status_code == 401
+    got = (await client.get(f"/v1/rooms/{room['id']}", headers=auth)).json()
+    assert got["id"] == room["id"] and got["calls"] == [] and "token" not in got
     assert (await client.delete(f"/v1/rooms/{room['id']}", headers=auth)).status_code == 200
-    assert (await client.get(f"/v1/rooms/{room['id']}")).status_code == 404
+    assert (await client.get(f"/v1/rooms/{room['id']}", headers=auth)).status_code == 404
     assert (await client.get("/v1/ice-servers")).json() == {"ice_servers": []}
 
 

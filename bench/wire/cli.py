@@ -47,7 +47,7 @@ from bench.wire.profiler import Profiler
 from bench.wire.scenarios import bargein, cloud, concurrency, install, sip, soak, turns, v2v
 from bench.wire.scenarios.common import BenchContext, log
 from bench.wire.scenarios.concurrency import Level
-from bench.wire.server import Monitor, ServerError, ServerProcess, read_proc
+from bench.wire.server import Monitor, ServerError, ServerProcess, read_tree
 from bench.wire.speech import (
     BACKCHANNELS,
     GREETING,
@@ -151,6 +151,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="override an agent knob, e.g. turn.end_of_turn_silence_ms=450 (repeatable)",
     )
     p.add_argument("--profile", action="store_true", help="py-spy the server during v2v")
+    p.add_argument(
+        "--workers", type=int, default=1, help="server worker processes (python -m signaling)"
+    )
     p.add_argument("--levels", default="", help="concurrency levels, e.g. 1,2,4,8,16")
     p.add_argument(
         "--cloud-levels", default="", help="concurrency levels of the cloud scenario, e.g. 1,5,10"
@@ -354,6 +357,7 @@ async def _with_server(
         max_calls=max([32, *(lv.calls + 2 for lv in (*plan.levels, *plan.cloud_levels))]),
         sip=role.startswith("sip"),
         env=vendors.server_env() if vendors is not None else None,
+        workers=args.workers,
     )
     log(f"starting the {role} server on {server.base_url}")
     ready = await server.start()
@@ -361,7 +365,8 @@ async def _with_server(
     doc["servers"][role] = {
         "ready_s": round(ready, 2),
         "models_load_s": server.health.get("models"),
-        "rss_ready_mb": round(read_proc(server.pid).rss_mb, 1),
+        "rss_ready_mb": round(read_tree(server.pid).rss_mb, 1),
+        "workers": server.workers,
     }
     try:
         async with (
@@ -431,7 +436,9 @@ async def _with_server(
                 await _guard(
                     "soak",
                     results,
-                    30.0 * plan.soak_calls + 60,
+                    # the calls, then the fuzzing pass (long TTS texts, long uploads) and
+                    # the settling (past the server's memory-trim period)
+                    30.0 * plan.soak_calls + (300 if args.quick else 1200) + soak.SETTLE_S,
                     lambda: soak.run(ctx, plan.soak_calls),
                 )
     finally:

@@ -134,6 +134,22 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{b0['threads']} -> {b1['threads']}; failures {len(s['failures'])}",
             )
         )
+        if (r := s.get("rss_mb")) and (f := s.get("fuzz")):
+            rows.append(
+                (
+                    "soak: fuzzing pass (requests, 5xx, unanswered)",
+                    f"{f['requests']}, {f['server_errors']}, {f['unanswered']}",
+                )
+            )
+            rows.append(
+                (
+                    "soak: RSS start -> after calls -> after fuzz -> settled",
+                    f"{r['start']} -> {r['after_calls']} -> {r['after_fuzz']} -> {r['settled']} MB "
+                    f"({s['rss_growth_pct']:+} %; within 5 %: "
+                    f"{'yes' if s['rss_back_within_5pct'] else 'no'}; from the first call's "
+                    f"{r['after_first_call']} MB: {s['rss_growth_after_warm_pct']:+} %)",
+                )
+            )
     elif e := _err(sc, "soak"):
         rows.append(("soak", f"error: {e}"))
     if (i := sc.get("install")) is not None:

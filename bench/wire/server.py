@@ -104,6 +104,35 @@ def read_proc(pid: int) -> ProcSample:
     return ProcSample(t, cpu, rss_pages * _PAGE / 2**20, fds, threads)
 
 
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (the workers of a supervisor)."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    return out
+
+
+def read_tree(pid: int) -> ProcSample:
+    """``read_proc`` summed over ``pid`` and its child processes (a supervisor's workers)."""
+    total = read_proc(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            s = read_proc(child)
+            total = ProcSample(
+                total.t,
+                total.cpu_s + s.cpu_s,
+                total.rss_mb + s.rss_mb,
+                total.fds + s.fds,
+                total.threads + s.threads,
+            )
+    return total
+
+
 def machine_cpu_s() -> float:
     """CPU seconds every process of the machine used since boot (all cores, from /proc/stat).
 
@@ -115,7 +144,7 @@ def machine_cpu_s() -> float:
 
 
 class Monitor:
-    """Samples a process every ``period_s`` seconds in a background task."""
+    """Samples a process and its children every ``period_s`` seconds in a background task."""
 
     def __init__(self, pid: int, period_s: float = 0.5) -> None:
         self.pid = pid
@@ -135,12 +164,12 @@ class Monitor:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(OSError, ValueError, IndexError):
-                self.samples.append(read_proc(self.pid))
+                self.samples.append(read_tree(self.pid))
             await asyncio.sleep(self.period_s)
 
     def now(self) -> ProcSample:
         """A fresh reading."""
-        sample = read_proc(self.pid)
+        sample = read_tree(self.pid)
         self.samples.append(sample)
         return sample
 
@@ -183,6 +212,7 @@ class ServerProcess:
         cwd: Path | None = None,
         sip: bool = False,
         env: Mapping[str, str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.config = config
         self.log_path = log_path
@@ -199,6 +229,7 @@ class ServerProcess:
         self.sip_port = free_sip_port(avoid=self.port) if sip else None
         self.rtp_ports = free_rtp_range() if sip else None
         self.admin_token = secrets.token_urlsafe(24) if sip else None
+        self.workers = workers
 
     @property
     def sip_address(self) -> tuple[str, int]:
@@ -209,15 +240,20 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        """The server's process id."""
+        """The server's process id (the supervisor's, with several workers)."""
         if self.proc is None:
             raise ServerError("server not started")
         return self.proc.pid
+
+    def pids(self) -> list[int]:
+        """The processes that carry calls: the workers, or the server itself."""
+        return (children(self.pid) or [self.pid]) if self.workers > 1 else [self.pid]
 
     async def start(self, timeout_s: float = 180.0) -> float:
         """Spawn the server and poll ``/health`` until it answers; returns seconds to ready."""
         cmd = [self.python, "-m", "signaling", "--host", HOST, "--port", str(self.port)]
         cmd += ["--log-level", os.environ.get("PARLEY_BENCH_LOG_LEVEL", "warning")]
+        cmd += ["--workers", str(self.workers)]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
         env = {
@@ -232,6 +268,10 @@ class ServerProcess:
         env.setdefault("PARLEY_DATA_DIR", str(self.log_path.parent / f"data-{self.port}"))
         # Several servers run at once: SIP only where a scenario asks for it (its own port).
         env.setdefault("PARLEY_SIP_LISTEN", "off")
+        # The benchmark measures load, not the rate limits: one client address places
+        # far more calls and requests a minute than the limits allow a caller.
+        for bucket in ("CREATE", "OFFER", "CHAT", "VOICE"):
+            env.setdefault(f"PARLEY_RATE_LIMIT_{bucket}", "off")
         if self.sip_port is not None and self.rtp_ports is not None and self.admin_token:
             env["PARLEY_SIP_LISTEN"] = f"{HOST}:{self.sip_port}"
             env["PARLEY_RTP_PORTS"] = f"{self.rtp_ports[0]}-{self.rtp_ports[1]}"
@@ -244,16 +284,23 @@ class ServerProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 *cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd
             )
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=2.0) as client:
+        # A new connection per poll: each may land on another worker, and the server
+        # is ready when every worker has answered.
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        ready: set[int] = set()
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=2.0, limits=fresh) as client:
             while time.monotonic() - t0 < timeout_s:
                 if self.proc.returncode is not None:
                     raise ServerError(f"server exited with {self.proc.returncode}: {self.tail()}")
-                with contextlib.suppress(httpx.HTTPError):
+                with contextlib.suppress(httpx.HTTPError, ValueError):
                     r = await client.get("/health")
                     if r.status_code == 200:
-                        self.ready_s = time.monotonic() - t0
-                        self.health = r.json()
-                        return self.ready_s
+                        health = r.json()
+                        ready.add(int(health.get("worker", {}).get("index", 0)))
+                        if len(ready) >= self.workers:
+                            self.ready_s = time.monotonic() - t0
+                            self.health = health
+                            return self.ready_s
                 await asyncio.sleep(0.05)
         await self.stop()
         raise ServerError(f"server not ready within {timeout_s} s: {self.tail()}")
@@ -283,7 +330,9 @@ class ServerProcess:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 r = await client.get("/health")
-                if r.status_code == 200 and r.json().get("active_calls") == 0:
+                health = r.json()
+                busy = health.get("active_calls_all_workers", health.get("active_calls"))
+                if r.status_code == 200 and busy == 0:
                     return True
             await asyncio.sleep(0.1)
         return False

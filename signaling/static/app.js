@@ -82,7 +82,12 @@ async function call() {
   $("error").textContent = "";
   $("call").disabled = true;
   try {
-    const r = await fetch("/v1/rooms", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+    // A server off loopback needs an API key: open the page as /#key=pk_... (the
+    // fragment never leaves the browser, so the key reaches no server log).
+    const apiKey = new URLSearchParams(location.hash.slice(1)).get("key");
+    const auth = apiKey ? { Authorization: "Bearer " + apiKey } : {};
+    const r = await fetch("/v1/rooms", { method: "POST", headers: { "Content-Type": "application/json", ...auth }, body: "{}" });
+    if (r.status === 401) throw new Error("this server needs an API key: open this page as /#key=pk_...");
     if (!r.ok) throw new Error("could not create a room (" + r.status + ")");
     room = await r.json();
     const mic = await navigator.mediaDevices.getUserMedia({

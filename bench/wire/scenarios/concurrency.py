@@ -99,7 +99,8 @@ async def run_level(ctx: BenchContext, level: Level) -> dict[str, Any]:
         connected = [c for c, r in zip(callers, results, strict=True) if isinstance(r, float)]
         await asyncio.sleep(1.0)
         idle = ctx.monitor.now()
-        threads0 = thread_cpu(ctx.server.pid)
+        pids = ctx.server.pids()
+        threads0 = {t: v for pid in pids for t, v in thread_cpu(pid).items()}
         client0 = read_proc(me)
         machine0 = machine_cpu_s()
         stop = asyncio.Event()
@@ -117,9 +118,11 @@ async def run_level(ctx: BenchContext, level: Level) -> dict[str, Any]:
         t1 = time.monotonic()
         client1 = read_proc(me)
         machine1 = machine_cpu_s()
-        threads1 = thread_cpu(ctx.server.pid)
+        threads1 = {t: v for pid in pids for t, v in thread_cpu(pid).items()}
         # named at the end: inference threads start lazily on a server's first turn
-        names = await asyncio.to_thread(thread_names, ctx.server.pid)
+        names = {
+            t: n for pid in pids for t, n in (await asyncio.to_thread(thread_names, pid)).items()
+        }
         threads = cpu_by_thread(threads0, threads1, names, t1 - t0)
     finally:
         await asyncio.gather(*(c.hang_up() for c in callers), return_exceptions=True)
