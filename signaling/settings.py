@@ -127,17 +127,6 @@ class ServerSettings(BaseSettings):
     talks, so barge-in is slower and sometimes missed; without it, a speakerphone's echo
     makes the agent interrupt itself. See bench/results for the figures."""
 
-    @field_validator("sip_allow", mode="before")
-    @classmethod
-    def _comma_separated_networks(cls, value: object) -> object:
-        """Accept ``PARLEY_SIP_ALLOW=10.0.0.0/8,192.168.1.0/24`` as well as a JSON list."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
-
     def sip_endpoint(self) -> tuple[str, int] | None:
         """``sip_listen`` as ``(host, port)``; None when SIP is off."""
         text = self.sip_listen.strip()
@@ -187,10 +176,10 @@ class ServerSettings(BaseSettings):
             )
         return value
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("sip_allow", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated_list(cls, value: object) -> object:
-        """A JSON list, or comma-separated values."""
+        """A JSON list, or comma-separated values (``PARLEY_SIP_ALLOW=10.0.0.0/8,::1/128``)."""
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
