@@ -296,10 +296,11 @@ class Fuzzer:
                     else:
                         await ws.send(json.dumps({"type": "text", "text": prose(rng, 200)}))
                     await asyncio.sleep(0.02)
+                # Read (and drop) what the server answers until it closes or goes quiet.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
-                        async for _ in ws:
-                            pass
+                        async for _answer in ws:
+                            continue
                 if ws.close_code is not None:
                     code = ws.close_code
         except websockets.ConnectionClosed as exc:

@@ -15,6 +15,7 @@ its next turn: a failing job never stops the runner or the other jobs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -104,11 +105,10 @@ class JobRunner:
             wait = min(job.next_at for job in self.jobs.values()) - time.monotonic()
             if wait > 0:
                 self._wake.clear()
-                try:
+                # Sleep until the next job is due, or until a job is added (``_wake``).
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
-                except TimeoutError:
-                    pass
 
     async def _run(self, job: Job) -> bool:
         started = time.monotonic()

@@ -56,15 +56,7 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
                 _dist(v["v2v_ms"]),
             )
         )
-        st = v.get("stages", {})
-        for key, label in STAGES:
-            s = st.get(key, {})
-            rows.append(
-                (
-                    f"  stage: {label} (median / p90)",
-                    f"{_fmt(s.get('median'))} / {_fmt(s.get('p90'))} ms",
-                )
-            )
+        rows += _stage_rows(v.get("stages", {}))
         rows.append(("  unanswered turns", _fmt(v.get("unanswered"))))
         rows.append(
             (
@@ -191,6 +183,20 @@ def _served(served: dict[str, dict[str, int]] | None) -> str:
     )
 
 
+def _stage_rows(stages: dict[str, Any]) -> list[tuple[str, str]]:
+    """One row per voice-to-voice stage: its median and p90."""
+    rows = []
+    for key, label in STAGES:
+        s = stages.get(key, {})
+        rows.append(
+            (
+                f"  stage: {label} (median / p90)",
+                f"{_fmt(s.get('median'))} / {_fmt(s.get('p90'))} ms",
+            )
+        )
+    return rows
+
+
 def _cloud_share(lv: dict[str, Any]) -> str:
     """Turns of a level served by the cloud provider of each stage: 'stt/llm/tts of n'."""
     served = lv.get("served_by") or {}
@@ -216,15 +222,7 @@ def _cloud_figures(
             _dist(v["v2v_ms"]),
         )
     ]
-    st = v.get("stages", {})
-    for key, label in STAGES:
-        s = st.get(key, {})
-        rows.append(
-            (
-                f"  stage: {label} (median / p90)",
-                f"{_fmt(s.get('median'))} / {_fmt(s.get('p90'))} ms",
-            )
-        )
+    rows += _stage_rows(v.get("stages", {}))
     rem = v.get("remainder_ms", {})
     rows.append(
         (
