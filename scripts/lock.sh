@@ -27,15 +27,19 @@ compile() {
 # pip, setuptools and wheel: the installer and the project's build backend.
 compile "${@}" requirements/tools.in -o requirements/tools.lock
 # Runtime + cloud SDKs + test + dev tools: what `scripts/setup.sh test` installs.
-compile "${@}" pyproject.toml --extra cloud --extra otel --extra test --extra dev -o requirements/test.lock
+compile "${@}" pyproject.toml --extra cloud --extra otel --extra livekit --extra test --extra dev \
+  -o requirements/test.lock
 # Runtime only (`scripts/setup.sh`): the same versions as test.lock.
 compile "${@}" pyproject.toml -c requirements/test.lock -o requirements/run.lock
 # Runtime + cloud SDKs (`scripts/setup.sh cloud`): the same versions as test.lock.
 compile "${@}" pyproject.toml --extra cloud -c requirements/test.lock -o requirements/cloud.lock
 # Runtime + OpenTelemetry exporter (`scripts/setup.sh otel`): the same versions as test.lock.
 compile "${@}" pyproject.toml --extra cloud --extra otel -c requirements/test.lock -o requirements/otel.lock
+# Runtime + the LiveKit agent worker (`scripts/setup.sh livekit`): the same versions as test.lock.
+compile "${@}" pyproject.toml --extra livekit -c requirements/test.lock -o requirements/livekit.lock
 # Benchmark-only tools (scripts/bench.sh): the same versions as test.lock.
-compile "${@}" pyproject.toml --extra cloud --extra otel --extra test --extra bench -c requirements/test.lock \
+compile "${@}" pyproject.toml --extra cloud --extra otel --extra livekit --extra test --extra bench \
+  -c requirements/test.lock \
   -o requirements/bench.lock
 # Packages installed without their dependencies (the default LLM weights).
 compile "${@}" --no-deps requirements/no-deps.in -o requirements/no-deps.lock

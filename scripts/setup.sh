@@ -4,9 +4,9 @@
 # install runs the versions the tests passed with. scripts/lock.sh refreshes them;
 # pyproject.toml keeps the version ranges for those who embed the packages.
 # Idempotent: does nothing when .venv already matches the locks, pyproject.toml and this script.
-# Usage: scripts/setup.sh [test|cloud|otel]   ("cloud" adds the Groq, OpenAI and ElevenLabs
-#        SDKs; "otel" adds those and the OpenTelemetry exporter; "test" adds all of them, the
-#        test and the lint tools)
+# Usage: scripts/setup.sh [test|cloud|otel|livekit]   ("cloud" adds the Groq, OpenAI and
+#        ElevenLabs SDKs; "otel" adds those and the OpenTelemetry exporter; "livekit" adds the
+#        LiveKit agent worker; "test" adds all of them, the test and the lint tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +16,8 @@ case "$extras" in
   test) lock="requirements/test.lock" ;;
   cloud) lock="requirements/cloud.lock" ;;
   otel) lock="requirements/otel.lock" ;;
-  *) echo "setup: unknown argument '$extras' (usage: scripts/setup.sh [test|cloud|otel])" >&2; exit 2 ;;
+  livekit) lock="requirements/livekit.lock" ;;
+  *) echo "setup: unknown argument '$extras' (usage: scripts/setup.sh [test|cloud|otel|livekit])" >&2; exit 2 ;;
 esac
 python="${PYTHON:-python3}"
 stamp=".venv/.parley-setup-${extras:-run}"
@@ -50,7 +51,8 @@ from importlib.metadata import PackageNotFoundError, requires, version
 from packaging.requirements import Requirement
 
 extras = {
-    "test": {"", "test", "dev", "cloud", "otel"},
+    "test": {"", "test", "dev", "cloud", "otel", "livekit"},
+    "livekit": {"", "livekit"},
     "cloud": {"", "cloud"},
     "otel": {"", "cloud", "otel"},
 }.get(sys.argv[1], {""})
