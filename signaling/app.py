@@ -26,13 +26,14 @@ from agent.errors import AgentError, ProviderError
 from agent.phrase_cache import cached_tts
 from agent.pricing import PriceTable
 from agent.runtime import AgentModels
+from agent.warmup import warm_up
 from media.errors import AudioFormatError
 from signaling import allocator
 from signaling.access import AccessControl, AccessError, access_summary, guard
 from signaling.admission import RETRY_AFTER_S, AdmissionError, authorize
 from signaling.bodylimit import BodyLimitMiddleware
 from signaling.calls import CallLimitError, CallManager
-from signaling.correlation import RequestIdMiddleware
+from signaling.correlation import RequestIdMiddleware, current_request_id
 from signaling.jobs import JobRunner, maintenance_jobs
 from signaling.ledger import open_ledger
 from signaling.methods import MethodsMiddleware
@@ -185,6 +186,9 @@ def create_app(
         loaded: AgentModels = (
             models if models is not None else await asyncio.to_thread(AgentModels.load, config)
         )
+        if own and settings.warm_up:
+            warmed = await warm_up(loaded, config)
+            log.info("warmed up in %s s", warmed)
         # Calls speak through the phrase cache (greetings and fixed phrases come back at once).
         call_models = dataclasses.replace(loaded, tts=cached_tts(loaded.tts, store.phrases))
         metrics = ServerMetrics(prices)
@@ -313,6 +317,17 @@ def create_app(
 def _install_error_handlers(app: FastAPI) -> None:
     def err(status: int, code: str, detail: str) -> JSONResponse:
         return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers unhandled exceptions outermost, past RequestIdMiddleware (which
+        # leaves the id bound when the app raises): the id is added here. The traceback is
+        # still logged by the server; the client gets no detail of it.
+        resp = err(500, "internal_error", "internal server error")
+        request_id = current_request_id()
+        if request_id is not None:
+            resp.headers["X-Request-Id"] = request_id
+        return resp
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -101,6 +101,10 @@ class ServerSettings(BaseSettings):
     (``PARLEY_NO_AUDIO_TIMEOUT_S``): a vanished WebRTC peer, a WebSocket that sends
     nothing. Clients send audio continuously, silence included. SIP fills silence
     itself and keeps its own ``sip_no_rtp_timeout_s``."""
+    warm_up: bool = True
+    """Run each local model once at start-up, before the server reports ready
+    (``PARLEY_WARM_UP``; ``agent.warmup``): the first caller does not pay the models'
+    first-use cost, and the llama.cpp prefix cache holds the system prompt."""
     ice_servers: list[IceServer] = Field(default_factory=list)
     output_rate: int = 48_000
     """Rate of the agent's WebRTC track (Opus runs at 48 kHz)."""

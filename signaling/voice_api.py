@@ -8,6 +8,7 @@ scope where API keys are required; continuing a chat needs its session token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Annotated, Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from agent.tts import SpeechChunk
+from agent.tts import TTS, SpeechChunk
 from media.decode import decode_audio
 from media.frames import PCM, PIPELINE_RATE, AudioFrame, FloatPCM, int16_to_float
 from media.resample import resample
@@ -28,6 +29,10 @@ from signaling.tokens import bearer
 router = APIRouter(prefix="/v1")
 
 MAX_UPLOAD_SECONDS = 120.0
+MAX_TTS_SECONDS = 180.0
+"""The most audio one TTS request may produce: 2,000 characters of prose take about
+130 s; text that phonemizes to far more (random letters are spelled out) stops here
+with 413 instead of holding the synthesis thread for a minute."""
 
 
 class ChatIn(BaseModel):
@@ -153,7 +158,7 @@ async def tts(
     """
     await guard(st, request, authorization, bucket="voice")
     engine = st.models.tts
-    chunks = [chunk async for chunk in engine.stream(body.text)]
+    chunks = await _synthesize_bounded(engine, body.text, request)
     rate = engine.sample_rate
     pcm = await asyncio.to_thread(_join_chunks, chunks, rate)
     voices = list(dict.fromkeys(chunk.voice for chunk in chunks)) or [engine.voice]
@@ -162,6 +167,26 @@ async def tts(
         media_type="audio/wav",
         headers={"X-Voice": ",".join(voices)},
     )
+
+
+async def _synthesize_bounded(engine: TTS, text: str, request: Request) -> list[SpeechChunk]:
+    """Every chunk of ``text``, stopping when the audio passes ``MAX_TTS_SECONDS`` (413) or
+    the client has gone (closing the stream cancels the synthesis that is left)."""
+    chunks: list[SpeechChunk] = []
+    seconds = 0.0
+    async with contextlib.aclosing(engine.stream(text)) as speech:
+        async for chunk in speech:
+            chunks.append(chunk)
+            seconds += chunk.pcm.size / chunk.sample_rate
+            if seconds > MAX_TTS_SECONDS:
+                raise ApiError(
+                    413,
+                    "speech_too_long",
+                    f"the text makes more than {MAX_TTS_SECONDS:.0f} s of speech; send less",
+                )
+            if await request.is_disconnected():
+                raise ApiError(499, "client_gone", "the client closed the request")
+    return chunks
 
 
 def _join_chunks(chunks: list[SpeechChunk], rate: int) -> PCM:

@@ -83,6 +83,7 @@ class VoiceSession(Base):
     """One conversation (a call, or a text chat), with its running statistics."""
 
     __tablename__ = "voice_sessions"
+    __table_args__ = (Index("ix_voice_sessions_started_at", "started_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
@@ -110,7 +111,10 @@ class Turn(Base):
     """One message of a conversation: the caller's words or the agent's reply."""
 
     __tablename__ = "turns"
-    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_turns_session_seq"),)
+    __table_args__ = (
+        UniqueConstraint("session_id", "seq", name="uq_turns_session_seq"),
+        Index("ix_turns_started_at", "started_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(
@@ -139,6 +143,7 @@ class InteractionLog(Base):
     """What the agent did with a user input: raw LLM output and the final action."""
 
     __tablename__ = "interaction_logs"
+    __table_args__ = (Index("ix_interaction_logs_created_at", "created_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(
@@ -157,6 +162,7 @@ class CacheEntry(Base):
     __table_args__ = (
         UniqueConstraint("namespace", "key", name="uq_cache_namespace_key"),
         Index("ix_cache_expires_at", "expires_at"),
+        Index("ix_cache_entries_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

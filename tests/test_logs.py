@@ -31,6 +31,7 @@ import pytest
 import websockets
 from websockets.frames import Frame, Opcode
 
+from signaling.app import create_app
 from signaling.correlation import (
     CallContext,
     RequestIdMiddleware,
@@ -50,6 +51,7 @@ from signaling.logs import (
     log_format_from_env,
     redact,
 )
+from signaling.settings import ServerSettings
 from tests.fakes import FakeSTT, FakeTTS, ScriptedLLM, fake_models, tone
 from tests.logcapture import LogCapture
 from tests.server import TEST_SECRET, running_server
@@ -409,3 +411,19 @@ def test_call_scope_sets_and_resets() -> None:
     with call_scope(CallContext("call_a", "ses_a", "sip")) as ctx:
         assert current_call() == ctx
     assert current_call() is None
+
+
+async def test_an_unhandled_error_answers_500_with_the_request_id() -> None:
+    """Starlette's outermost 500 carries the request's id and none of the failure's text."""
+    app = create_app(ServerSettings(jwt_secret=TEST_SECRET), models=fake_models())
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a detail the client must not see")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://parley") as client:
+        r = await client.get("/boom", headers={"X-Request-Id": "req-500"})
+    assert r.status_code == 500 and r.headers["x-request-id"] == "req-500"
+    assert r.json() == {"error": "internal_error", "detail": "internal server error"}
+    assert "must not see" not in r.text

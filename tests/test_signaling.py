@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import av
 import httpx
@@ -14,8 +15,10 @@ import numpy as np
 import pytest
 
 from agent.runtime import AgentModels
+from agent.tts import SpeechChunk
 from media.frames import AudioFrame
 from media.wav import read_wav, wav_bytes
+from signaling import voice_api
 from tests.server import TEST_SECRET, running_server
 from tests.speech import compose
 from tests.textnorm import phrase_error, word_error_rate
@@ -232,3 +235,30 @@ async def test_tts_returns_wav(client: httpx.AsyncClient) -> None:
     assert audio.sample_rate == 22050 and audio.duration > 0.5
     assert np.abs(audio.samples).max() > 3000
     assert (await client.post("/v1/voice/tts", json={"text": "x" * 3000})).status_code == 422
+
+
+async def test_tts_stops_at_its_audio_bound(
+    client: httpx.AsyncClient, models: AgentModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text that makes more speech than the bound gets 413 as soon as the bound is passed
+    (the rest is never synthesized), and the voice is free for the next request."""
+    monkeypatch.setattr(voice_api, "MAX_TTS_SECONDS", 1.5)
+    voice = models.tts
+    pulled: list[SpeechChunk] = []
+
+    async def counted(text: str) -> AsyncGenerator[SpeechChunk, None]:
+        async with contextlib.aclosing(type(voice).stream(voice, text)) as chunks:
+            async for chunk in chunks:
+                pulled.append(chunk)
+                yield chunk
+
+    monkeypatch.setattr(voice, "stream", counted)
+    sentences = [f"This is sentence number {n} of a long text." for n in range(12)]
+    r = await client.post("/v1/voice/tts", json={"text": " ".join(sentences)})
+    assert r.status_code == 413 and r.json()["error"] == "speech_too_long"
+    spoken = sum(chunk.pcm.size / chunk.sample_rate for chunk in pulled)
+    assert 1.5 < spoken < 1.5 + max(c.pcm.size / c.sample_rate for c in pulled) + 1e-6
+    assert len(pulled) < len(sentences)
+    monkeypatch.undo()
+    ok = await client.post("/v1/voice/tts", json={"text": sentences[0]})
+    assert ok.status_code == 200
