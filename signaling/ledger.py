@@ -29,7 +29,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -377,7 +377,9 @@ class RedisLedger:
         ids = cast(list[bytes], await self._redis.zrangebyscore(self._live, time.time(), "+inf"))
         if not ids:
             return []
-        rows = await self._redis.hmget(self._entries_key, list(ids))
+        rows = await cast(
+            Awaitable[list[bytes | None]], self._redis.hmget(self._entries_key, list(ids))
+        )
         out: list[CallEntry] = []
         for row in rows:
             if row is None:

@@ -117,7 +117,7 @@ class RedisCache:
     def __init__(self, url: str, prefix: str = "parley:", timeout_s: float = 0.5) -> None:
         self.prefix = prefix
         self.errors = 0
-        self._client = aioredis.from_url(
+        self._client = aioredis.from_url(  # type: ignore[no-untyped-call]
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
