@@ -17,7 +17,8 @@ from agent.errors import ConfigError
 from agent.interruption import InterruptionSettings
 from agent.llm import GenerationSettings
 from agent.provider_config import CloudConfig, FallbackConfig, ProvidersConfig
-from agent.turns import TurnSettings
+from agent.tool_config import ToolsConfig
+from agent.turns import EndOfTurnCheck, TurnSettings
 from agent.vad import GateSettings
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "agents" / "default.yaml"
@@ -34,12 +35,24 @@ class LLMConfig(_Section):
     model_path: Path | None = None
     threads: int = Field(1, ge=1, le=64)
     n_ctx: int = Field(2048, ge=256)
+    tool_format: Literal["call_or_text", "call_or_say"] = "call_or_text"
+    """How the local model's grammar offers tools (``agent.providers.llama_tools``;
+    bench/tools_eval.py compares them)."""
     max_history_turns: int = Field(6, ge=1, le=100)
+    history_trim_turns: int = Field(1, ge=1, le=100)
+    """Oldest turns dropped at once past ``max_history_turns`` (more than 1 keeps the
+    prompt prefix stable for llama.cpp's cache between trims; ``agent.history``)."""
     max_tokens: int = Field(80, ge=1, le=4096)
     temperature: float = Field(0.4, ge=0.0, le=2.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     repeat_penalty: float = Field(1.15, ge=1.0, le=2.0)
     seed: int | None = None
+
+    @model_validator(mode="after")
+    def _trim_within_history(self) -> LLMConfig:
+        if self.history_trim_turns > self.max_history_turns:
+            raise ValueError("history_trim_turns must not exceed max_history_turns")
+        return self
 
     def generation(self) -> GenerationSettings:
         """Sampling settings for the hot path."""
@@ -97,6 +110,35 @@ class VADConfig(_Section):
         )
 
 
+class SmartTurnConfig(_Section):
+    """The Smart Turn end-of-turn model and what its score does (``agent.endofturn``)."""
+
+    model_path: Path | None = None
+    """An ONNX file; default: smart-turn-v3.2-cpu.onnx inside the pipecat-ai wheel."""
+    check_after_ms: int = Field(200, ge=0, le=5000)
+    """Silence after speech at which the model is asked (once per pause)."""
+    complete_threshold: float = Field(0.99, ge=0.0, le=1.0)
+    """A score at or above this ends the turn at once."""
+    incomplete_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    """A score below this stretches the wait to ``incomplete_silence_ms``."""
+    incomplete_silence_ms: int = Field(1200, ge=100, le=10_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SmartTurnConfig:
+        if self.incomplete_threshold > self.complete_threshold:
+            raise ValueError("incomplete_threshold must not exceed complete_threshold")
+        return self
+
+    def to_check(self) -> EndOfTurnCheck:
+        """Hot-path settings."""
+        return EndOfTurnCheck(
+            self.check_after_ms,
+            self.complete_threshold,
+            self.incomplete_threshold,
+            self.incomplete_silence_ms,
+        )
+
+
 class TurnConfig(_Section):
     """Turn detection."""
 
@@ -106,15 +148,35 @@ class TurnConfig(_Section):
     preroll_ms: int = Field(200, ge=0, le=2000)
     tail_ms: int = Field(150, ge=0, le=2000)
     speculative_stt: bool = True
+    preemptive_reply: bool = True
+    """Start the reply on the speculative transcript while the end of turn is pending,
+    its audio and events held until the turn is confirmed (``agent.preemption``);
+    needs ``speculative_stt``."""
+    end_of_turn_model: Literal["smart_turn", "none"] = "none"
+    """``smart_turn``: the model ends finished turns early and stretches the wait
+    after unfinished ones; ``none``: the silence timer alone."""
+    smart_turn: SmartTurnConfig = SmartTurnConfig()
 
-    def to_settings(self) -> TurnSettings:
-        """Hot-path settings."""
+    @model_validator(mode="after")
+    def _check_fits_timer(self) -> TurnConfig:
+        if self.end_of_turn_model == "none":
+            return self
+        if self.smart_turn.check_after_ms >= self.end_of_turn_silence_ms:
+            raise ValueError("smart_turn.check_after_ms must be below end_of_turn_silence_ms")
+        if self.smart_turn.incomplete_silence_ms < self.end_of_turn_silence_ms:
+            raise ValueError("smart_turn.incomplete_silence_ms must be >= end_of_turn_silence_ms")
+        return self
+
+    def to_settings(self, *, model: bool = True) -> TurnSettings:
+        """Hot-path settings; ``model=False`` leaves out the end-of-turn check."""
+        use_model = model and self.end_of_turn_model != "none"
         return TurnSettings(
             self.min_speech_ms,
             self.end_of_turn_silence_ms,
             self.max_utterance_s,
             self.preroll_ms,
             self.tail_ms,
+            self.smart_turn.to_check() if use_model else None,
         )
 
 
@@ -205,6 +267,8 @@ class AgentConfig(_Section):
     """Provider chain of each stage (``local``, ``groq``, ``openai``, ``elevenlabs``)."""
     cloud: CloudConfig = CloudConfig()
     fallback: FallbackConfig = FallbackConfig()
+    tools: ToolsConfig = ToolsConfig()
+    """Tool rounds per reply, filler, clarification, and HTTP tools (``agent.tool_config``)."""
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> AgentConfig:

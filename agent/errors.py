@@ -63,3 +63,11 @@ class ProviderAuthError(ProviderError):
 
     def __init__(self, provider: str, message: str) -> None:
         super().__init__(provider, message, retryable=False)
+
+
+class InputTooLongError(ProviderError):
+    """The request does not fit the model's context even with the history dropped: the
+    latest message alone is too long (never retryable; the API answers 413)."""
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(provider, message, retryable=False)

@@ -126,8 +126,16 @@ class MetricsEvent(AgentEvent):
     marks_ms: dict[str, float] = field(default_factory=dict)
     """When the turn's marks fell, in ms after the end of the caller's speech (those
     reached of ``turn_end``, ``stt_ready``, ``llm_start``, ``llm_first_token``,
-    ``tts_first_chunk``, ``tts_first_audio``, ``first_audio``), and ``emitted``: when
-    this event was made (``at``), which places them in wall-clock time (traces)."""
+    ``tts_first_chunk``, ``tts_first_audio``, ``first_audio``, and for a preemptive
+    reply ``released``: when its turn was confirmed), and ``emitted``: when this
+    event was made (``at``), which places them in wall-clock time (traces). A
+    preemptive reply's ``llm_start`` falls before ``turn_end``."""
+    preemptive: bool = False
+    """The reply was started on the speculative transcript while the turn was pending
+    and held until the turn was confirmed (``agent.preemption``)."""
+    preemptive_hidden_ms: float | None = None
+    """A preemptive reply's LLM and TTS time (request to first synthesized audio) that
+    ran before the turn was confirmed, i.e. hidden behind the end-of-turn wait."""
     type: str = field(init=False, default="metrics")
 
 
@@ -156,3 +164,41 @@ class HoldEvent(AgentEvent):
 
     on_hold: bool
     type: str = field(init=False, default="hold")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEvent(AgentEvent):
+    """The model asked for a tool call (``arguments``: the JSON text it wrote).
+
+    ``step`` numbers the model's requests within the turn (0 first).
+    """
+
+    turn_id: str
+    call_id: str
+    name: str
+    arguments: str
+    step: int
+    type: str = field(init=False, default="tool_call")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultEvent(AgentEvent):
+    """A tool call ended: ``ok``, or failed with ``code`` (``"bad_arguments"``, ...).
+
+    ``action`` names the action it completed (None for a lookup or a failure),
+    ``data`` is the tool's structured result and ``content`` what the model
+    reads; ``late`` marks a result that came after the caller interrupted the
+    reply (an action that may not be cancelled completes anyway).
+    """
+
+    turn_id: str
+    call_id: str
+    name: str
+    ok: bool
+    code: str | None
+    action: str | None
+    content: str
+    data: dict[str, Any]
+    duration_ms: float
+    late: bool = False
+    type: str = field(init=False, default="tool_result")

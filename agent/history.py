@@ -16,13 +16,23 @@ class ChatHistory:
     turns, so a tool call is never kept without its result (or the reverse).
     An interrupted reply is stored as the text the caller heard, flagged
     ``interrupted``; a reply the caller heard nothing of is not stored at all.
+
+    ``trim_turns``: how many of the oldest turns go at once when the history
+    grows past ``max_turns`` (1: the last ``max_turns`` are always kept). A
+    local model re-evaluates the prompt from the first token that changed,
+    and dropping one turn per turn changes the prompt right after the system
+    message every time; dropping several at once keeps the prefix stable for
+    the turns in between (``bench/prefix_cache.py``).
     """
 
-    def __init__(self, system_prompt: str, max_turns: int = 8) -> None:
+    def __init__(self, system_prompt: str, max_turns: int = 8, *, trim_turns: int = 1) -> None:
         if max_turns < 1:
             raise ValueError("max_turns must be >= 1")
+        if not 1 <= trim_turns <= max_turns:
+            raise ValueError("trim_turns must be between 1 and max_turns")
         self.system_prompt = system_prompt
         self.max_turns = max_turns
+        self.trim_turns = trim_turns
         self._messages: deque[ChatMessage] = deque()
 
     def add_user(self, text: str) -> None:
@@ -103,9 +113,20 @@ class ChatHistory:
                 out.append(m)
         return out
 
+    def context_with_user(self, text: str) -> list[ChatMessage]:
+        """``context()`` as it will be after ``add_user(text)``, leaving the history as
+        it is (the request of a reply prepared before the turn is confirmed)."""
+        ahead = ChatHistory(self.system_prompt, self.max_turns, trim_turns=self.trim_turns)
+        ahead._messages = deque(self._messages)
+        ahead.add_user(text)
+        return ahead.context()
+
     def _trim(self) -> None:
         users = sum(1 for m in self._messages if m.role == "user")
-        while users > self.max_turns:
+        if users <= self.max_turns:
+            return
+        keep = min(self.max_turns, users - self.trim_turns)
+        while users > keep:
             dropped = self._messages.popleft()
             if dropped.role == "user":
                 users -= 1

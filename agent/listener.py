@@ -1,4 +1,4 @@
-"""The listener: inbound audio -> VAD -> turn detector -> partial, speculative and final STT.
+"""The listener: inbound audio -> VAD -> turn detector (+ end-of-turn model) -> STT.
 
 It turns the caller's audio into what the session needs to know: speech
 started, paused, resumed or was discarded, partial transcripts while the
@@ -7,8 +7,13 @@ nothing about replies; the session (its ``Hearing`` delegate) decides what
 those events mean.
 
 Tasks (owned, reaped on ``aclose``): the audio loop, at most one partial STT
-at a time, the speculative final STT started when the caller pauses, and the
-finalisation of each ended turn. Final transcriptions are asked with
+at a time, the speculative final STT started when the caller pauses (its
+transcript is offered to the session while the turn is still pending, for a
+preemptive reply: ``Hearing.speculative_transcript``), at most
+one end-of-turn model inference (asked by the turn detector during a pause,
+cancelled when the caller speaks again; its score goes back to the detector
+with the stream time it was asked for, so a late answer is recognised as
+stale), and the finalisation of each ended turn. Final transcriptions are asked with
 priority over partials (the STT provider orders its queue by it), and
 delivered in the order the turns ended, whichever transcription finishes
 first.
@@ -31,7 +36,7 @@ import numpy as np
 from agent.config import AgentConfig
 from agent.errors import ProviderError
 from agent.stt import STT, Transcript
-from agent.tasks import FailureHandler, TaskOwner
+from agent.tasks import FailureHandler, TaskOwner, describe_failure
 from agent.turnclock import TurnClock
 from agent.turns import TurnDetector, TurnEvent, TurnEventKind
 from agent.vad import WINDOW_SAMPLES
@@ -53,6 +58,8 @@ class UserTurn:
     turn_id: str
     transcript: Transcript
     clock: TurnClock
+    speech_end: float | None = None
+    """Stream time at which the caller's speech stopped (None: typed input)."""
 
 
 class Hearing(Protocol):
@@ -80,6 +87,14 @@ class Hearing(Protocol):
 
     def partial_transcript(self, turn_id: str, transcript: Transcript) -> None:
         """An interim transcript of the speech under way."""
+        ...
+
+    def speculative_transcript(
+        self, turn_id: str, speech_end: float, transcript: Transcript
+    ) -> None:
+        """The caller paused at ``speech_end`` and the utterance so far is transcribed,
+        while the end of turn is still pending: if the turn ends without more speech,
+        its final transcript is this one (``user_turn`` follows, same ``speech_end``)."""
         ...
 
     def user_turn(self, turn: UserTurn) -> None:
@@ -114,18 +129,24 @@ class Listener:
         hearing: Hearing,
         new_turn_id: Callable[[], str],
         on_failure: FailureHandler | None = None,
+        score_end_of_turn: Callable[[FloatPCM], Awaitable[float]] | None = None,
     ) -> None:
+        """``score_end_of_turn`` runs the end-of-turn model off the event loop (None,
+        or ``turn.end_of_turn_model: none``: turns end on the silence timer alone)."""
         self._config = config
         self._stt = stt
         self._run_vad = run_vad
+        self._score_end_of_turn = score_end_of_turn
         self._hearing = hearing
         self._new_turn_id = new_turn_id
-        self._detector = TurnDetector(config.turn.to_settings(), config.vad.to_settings())
+        turn = config.turn.to_settings(model=score_end_of_turn is not None)
+        self._detector = TurnDetector(turn, config.vad.to_settings())
         self._inbound: asyncio.Queue[_Inbound] = asyncio.Queue(INPUT_QUEUE_FRAMES)
         self._pending = np.zeros(0, np.float32)
         self._tasks = TaskOwner("listener", on_failure)
         self._partial: asyncio.Task[None] | None = None
         self._speculation: _Speculation | None = None
+        self._scoring: asyncio.Task[None] | None = None
         self._last_partial_at = 0.0
         self._arrival = 0.0
         self._turn_id = ""
@@ -179,7 +200,8 @@ class Listener:
         return self._detector.now
 
     def settled(self, *, transcripts: bool = True) -> bool:
-        """No queued input (and, with ``transcripts``, no transcription under way)."""
+        """No queued input (and, with ``transcripts``, no transcription or end-of-turn
+        inference under way)."""
         if not self._inbound.empty() or self._processing:
             return False
         if not transcripts:
@@ -241,16 +263,25 @@ class Listener:
             speech_end = event.speech_end if event.speech_end is not None else event.time
             if self._config.turn.speculative_stt:
                 audio = det.utterance_audio(until_speech_end=True)
-                task = self._tasks.spawn(self._transcribe_final(audio), "stt-speculative")
+                task = self._tasks.spawn(self._speculate(audio, speech_end), "stt-speculative")
                 self._speculation = _Speculation(speech_end, task)
             self._hearing.speech_paused(self._turn_id, speech_end)
+        elif kind is TurnEventKind.END_OF_TURN_CHECK:
+            self._drop_scoring()
+            audio = det.utterance_audio()  # the silence so far included: the model weighs it
+            self._scoring = self._tasks.spawn(
+                self._score_turn(audio, asked_at=event.time), "end-of-turn"
+            )
         elif kind is TurnEventKind.SPEECH_RESUMED:
             self._drop_speculation()
+            self._drop_scoring()
             self._hearing.speech_resumed(self._turn_id, det.now)
         elif kind is TurnEventKind.SPEECH_DISCARDED:
             self._drop_speculation()
+            self._drop_scoring()
             self._hearing.speech_discarded(self._turn_id, det.now)
         elif kind is TurnEventKind.TURN_ENDED:
+            self._drop_scoring()
             speech_end = event.speech_end if event.speech_end is not None else event.time
             clock = TurnClock(speech_end=self._wall(speech_end), turn_end=time.monotonic())
             audio = det.utterance_audio(until_speech_end=True)
@@ -263,7 +294,9 @@ class Listener:
             previous, delivered = self._last_final, asyncio.Event()
             self._last_final = delivered
             self._tasks.spawn(
-                self._finish_turn(self._turn_id, audio, spec, clock, previous, delivered),
+                self._finish_turn(
+                    self._turn_id, audio, spec, clock, previous, delivered, speech_end
+                ),
                 "turn-finish",
             )
 
@@ -272,7 +305,53 @@ class Listener:
             self._speculation.task.cancel()
             self._speculation = None
 
+    def _drop_scoring(self) -> None:
+        """Cancel a pending inference (a queued one never runs); its answer is stale anyway."""
+        scoring, self._scoring = self._scoring, None
+        if scoring is not None and scoring is not asyncio.current_task():
+            scoring.cancel()
+
+    # ------------------------------------------------------------ end-of-turn model
+
+    async def _score_turn(self, audio: FloatPCM, *, asked_at: float) -> None:
+        """Run the end-of-turn model and hand its score to the detector.
+
+        A failed inference leaves the decision to the silence timer (the call
+        goes on as without the model); the detector ignores a stale answer.
+        """
+        assert self._score_end_of_turn is not None
+        try:
+            score = await self._score_end_of_turn(audio)
+        except Exception as exc:
+            log.warning(
+                "listener: end-of-turn model failed (%s); the timer decides", describe_failure(exc)
+            )
+            return
+        if self._scoring is asyncio.current_task():
+            self._scoring = None
+        for event in self._detector.end_of_turn_score(score, asked_at=asked_at):
+            self._on_turn_event(event)
+
     # ------------------------------------------------------------ STT
+
+    async def _speculate(self, audio: FloatPCM, speech_end: float) -> Transcript | ProviderError:
+        """The speculative final of the pause at ``speech_end``; offered to the session
+        while it is still the pending turn's (not once the turn ended or speech resumed)."""
+        outcome = await self._transcribe_final(audio)
+        spec = self._speculation
+        if (
+            isinstance(outcome, Transcript)
+            and spec is not None
+            and spec.task is asyncio.current_task()
+            and spec.speech_end == speech_end
+        ):
+            try:
+                self._hearing.speculative_transcript(self._turn_id, speech_end, outcome)
+            except Exception as exc:  # the turn itself must not be lost to it
+                log.error(
+                    "listener: speculative transcript handler raised %s", describe_failure(exc)
+                )
+        return outcome
 
     async def _transcribe_final(self, audio: FloatPCM) -> Transcript | ProviderError:
         """A speculative final: its provider error is the turn's to report, if it is used."""
@@ -313,6 +392,7 @@ class Listener:
         clock: TurnClock,
         previous: asyncio.Event | None,
         delivered: asyncio.Event,
+        speech_end: float,
     ) -> None:
         """Transcribe an ended turn and deliver it, after the turn before it (always)."""
         counted = True
@@ -346,7 +426,7 @@ class Listener:
             usage = clock.usage
             usage.stt_provider, usage.stt_model = result.provider, result.model or None
             usage.stt_audio_s = round(result.audio_s, 3)
-            self._hearing.user_turn(UserTurn(turn_id, result, clock))
+            self._hearing.user_turn(UserTurn(turn_id, result, clock, speech_end))
         finally:
             if counted:
                 self._finals -= 1

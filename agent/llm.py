@@ -137,11 +137,17 @@ class ToolCallAssembler:
     def __bool__(self) -> bool:
         return bool(self._parts)
 
-    def calls(self) -> list[ToolCall]:
-        """The calls collected so far; ``ValueError`` for a call that never got a name."""
+    def calls(self, unnamed: str | None = None) -> list[ToolCall]:
+        """The calls collected so far.
+
+        A call that never got a name raises ``ValueError``, or is named
+        ``unnamed`` when that is given (the reply loop reports it to the model).
+        """
         out: list[ToolCall] = []
         for index in sorted(self._parts):
             call_id, name, args = self._parts[index]
+            if not name and unnamed is not None:
+                name = unnamed
             if not name:
                 raise ValueError(f"tool call #{index} has no name")
             out.append(ToolCall(call_id or f"call_{index}", name, "".join(args) or "{}"))

@@ -24,6 +24,15 @@ text stays exact. Interrupting the reply closes the stream at once.
 
 Usage (``TurnClock.usage``): the LLM's ``UsageDelta`` (who served, tokens),
 the characters sent to synthesis, and the provider and voice that spoke.
+
+Tools: the LLM's side runs in ``agent.toolloop.ToolLoop`` (steps, tool
+rounds, filler, clarification); the reply speaks what the loop says. The text
+before a tool call is spoken while the round runs, and every text chunk
+remembers its step and whether it was a filler, so an interrupted reply
+commits to the history exactly what the caller heard of each step (fillers
+left out). A reply that offers tools speaks chunk by chunk even with an
+input-streaming TTS: that voice holds short text until more comes, and the
+words before a tool call and the filler must be heard while the tool runs.
 """
 
 from __future__ import annotations
@@ -36,20 +45,14 @@ from dataclasses import dataclass
 
 from agent.chunker import ChunkerSettings, SentenceChunker
 from agent.events import AgentEvent, ReplyDeltaEvent
-from agent.llm import (
-    LLM,
-    ChatMessage,
-    GenerationSettings,
-    ToolCallAssembler,
-    ToolCallDelta,
-    ToolSpec,
-    UsageDelta,
-)
+from agent.history import ChatHistory
+from agent.llm import LLM, ChatMessage, GenerationSettings, ToolSpec
 from agent.speech import SpeechHandle
+from agent.toolloop import ToolLoop, ToolUse
 from agent.tts import TTS, SpeechChunk, StreamingTTS, TTSInputStream
 from agent.turnclock import TurnClock
 from media.frames import PCM
-from media.playout import PlayoutBuffer, SegmentPlayback
+from media.playout import PlayoutBuffer, SegmentPlayback, heard_text
 from media.resample import StreamResampler
 
 CHUNK_QUEUE = 8
@@ -58,11 +61,24 @@ CHUNK_QUEUE = 8
 
 @dataclass(frozen=True, slots=True)
 class ReplyPlan:
-    """What to say: a canned text, or the LLM's answer to ``messages``."""
+    """What to say: a canned text, or the LLM's answer to ``messages``.
+
+    ``tools`` are the specs offered to the model (run through the reply's ``ToolUse``).
+    """
 
     messages: Sequence[ChatMessage] = ()
     canned: str | None = None
     tools: Sequence[ToolSpec] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TextChunk:
+    """A piece of text to synthesize, with the step of the reply it belongs to."""
+
+    text: str
+    step: int = 0
+    filler: bool = False
+    """Said while a tool ran; spoken and heard, but not part of the conversation."""
 
 
 class Reply:
@@ -81,7 +97,11 @@ class Reply:
         chunker: ChunkerSettings,
         emit: Callable[[AgentEvent], None],
         on_speaking: Callable[[SpeechHandle], None],
+        tools: ToolUse | None = None,
+        held: bool = False,
     ) -> None:
+        """``held``: a preemptive reply (``agent.preemption``): its audio is queued as a
+        held utterance, silent until the session releases it."""
         self.handle = handle
         self.plan = plan
         self.clock = clock
@@ -92,6 +112,12 @@ class Reply:
         self._chunker = chunker
         self._emit = emit
         self._on_speaking = on_speaking
+        self._tools = tools
+        self._held = held
+        self.loop: ToolLoop | None = None
+        """The LLM's steps and tool rounds (None for a canned text, or before it starts)."""
+        self._tags: list[TextChunk] = []
+        """The chunk of each playout segment opened, in order."""
 
     async def run(self) -> None:
         """Generate and speak the reply until it is played out.
@@ -100,16 +126,17 @@ class Reply:
         the caller commits what was heard either way.
         """
         handle = self.handle
-        chunks: asyncio.Queue[str | None] = asyncio.Queue(CHUNK_QUEUE)
-        self._playout.open_utterance(handle.id)
+        chunks: asyncio.Queue[TextChunk | None] = asyncio.Queue(CHUNK_QUEUE)
+        self._playout.open_utterance(handle.id, held=self._held)
         # The start watcher lives until the reply is played out: a reply may
         # produce no audio at all (empty text, a tool call only), so it cannot
         # be one of the generation tasks the TaskGroup waits for.
         watcher = asyncio.create_task(self._watch_start(), name="reply-start")
         try:
-            if isinstance(self._tts, StreamingTTS) and self.plan.canned is None:
+            plan = self.plan
+            if isinstance(self._tts, StreamingTTS) and plan.canned is None and not plan.tools:
                 # the LLM's text streams in; a canned text is whole already (and may be
-                # in the phrase cache)
+                # in the phrase cache); tool replies speak by chunk (module doc)
                 await self._run_streaming(self._tts)
             else:
                 async with asyncio.TaskGroup() as group:
@@ -123,57 +150,73 @@ class Reply:
             await asyncio.gather(watcher, return_exceptions=True)
 
     async def _produce_text(
-        self, put: Callable[[str | None], Awaitable[None]], *, chunked: bool = True
+        self, put: Callable[[TextChunk | None], Awaitable[None]], *, chunked: bool = True
     ) -> None:
         """The reply's text to ``put``: clause chunks (``chunked``) or the LLM's pieces as
         they come; ``None`` at the end."""
-        handle, clock = self.handle, self.clock
-        chunker = SentenceChunker(self._chunker)
+        handle = self.handle
         if self.plan.canned is not None:
             handle.text = self.plan.canned
-            pieces = chunker.feed(self.plan.canned) + chunker.flush() if chunked else [handle.text]
+            chunker = SentenceChunker(self._chunker)
+            pieces = chunker.feed(handle.text) + chunker.flush() if chunked else [handle.text]
             for piece in pieces:
-                await put(piece)
+                await put(TextChunk(piece))
             await put(None)
             return
-        clock.llm_start = time.monotonic()
-        calls = ToolCallAssembler()
-        stream = self._llm.stream(self.plan.messages, self._generation, self.plan.tools)
-        async with contextlib.aclosing(stream) as deltas:
-            async for delta in deltas:
-                if isinstance(delta, UsageDelta):
-                    usage = clock.usage
-                    usage.llm_provider, usage.llm_model = delta.provider, delta.model
-                    usage.prompt_tokens += delta.prompt_tokens
-                    usage.completion_tokens += delta.completion_tokens
-                    continue
-                if clock.llm_first_token is None:
-                    clock.llm_first_token = time.monotonic()
-                clock.llm_tokens += 1
-                if isinstance(delta, ToolCallDelta):
-                    calls.feed(delta)
-                    continue
-                if not delta.text:
-                    continue
-                handle.text += delta.text
-                self._emit(ReplyDeltaEvent(turn_id=handle.turn_id, text=delta.text))
-                for piece in chunker.feed(delta.text) if chunked else [delta.text]:
-                    await put(piece)
-        if calls:
-            handle.tool_calls = calls.calls()
-        for piece in chunker.flush() if chunked else []:
-            await put(piece)
+        loop = ToolLoop(
+            self._llm,
+            self._generation,
+            self.clock,
+            tools=self._tools,
+            offer=self.plan.tools,
+            emit=self._emit,
+        )
+        self.loop = loop
+        speaker = _ReplySpeaker(
+            handle, self._emit, self._playout, self._chunker, put, chunked=chunked
+        )
+        try:
+            await loop.run(self.plan.messages, speaker)
+        finally:
+            handle.tool_calls = list(loop.calls)
+        await speaker.flush()
         await put(None)
+
+    @property
+    def acting(self) -> bool:
+        """Whether a round of tools still runs (its results join the history later)."""
+        return self.loop is not None and self.loop.acting
+
+    def commit(self, history: ChatHistory, heard: str, *, interrupted: bool) -> None:
+        """Write the reply into ``history`` as heard (``heard``: the whole utterance's)."""
+        loop = self.loop
+        if loop is None or not loop.used_tools:
+            history.add_assistant(heard, interrupted=interrupted)
+            return
+        heard_by_step = self._heard_by_step() if interrupted else None
+        loop.commit(history, heard_by_step, interrupted=interrupted)
+
+    def _heard_by_step(self) -> dict[int, str]:
+        """What the caller heard of each step's words (fillers left out)."""
+        parts: dict[int, list[str]] = {}
+        for segment, chunk in zip(self._playout.segments(self.handle.id), self._tags, strict=False):
+            if chunk.filler:
+                continue
+            text = heard_text([segment])
+            if text:
+                parts.setdefault(chunk.step, []).append(text)
+        return {step: " ".join(words) for step, words in parts.items()}
 
     async def _run_streaming(self, tts: StreamingTTS) -> None:
         """Text into one input stream as it is written, its audio out as it comes."""
         stream = tts.open_stream()
         usage = self.clock.usage
 
-        async def put(text: str | None) -> None:
-            if text is None:
+        async def put(chunk: TextChunk | None) -> None:
+            if chunk is None:
                 await stream.end()
                 return
+            text = chunk.text
             if self.clock.tts_first_chunk is None:
                 self.clock.tts_first_chunk = time.monotonic()
             usage.tts_chars += len(text)
@@ -213,28 +256,30 @@ class Reply:
         usage = self.clock.usage
         usage.tts_provider, usage.tts_voice = chunk.provider, chunk.voice
 
-    async def _synthesize(self, chunks: asyncio.Queue[str | None]) -> None:
+    async def _synthesize(self, chunks: asyncio.Queue[TextChunk | None]) -> None:
         handle, clock, playout = self.handle, self.clock, self._playout
-        while (text := await chunks.get()) is not None:
+        while (chunk := await chunks.get()) is not None:
             if handle.interrupted:
                 return  # clear() woke us before the cancellation arrived: stop here
+            text = chunk.text
             segment = playout.open_segment(handle.id, text)
+            self._tags.append(chunk)
             clock.usage.tts_chars += len(text)
             if clock.tts_first_chunk is None:
                 clock.tts_first_chunk = time.monotonic()
             resampler: StreamResampler | None = None
             async with contextlib.aclosing(self._tts.stream(text)) as speech:
-                async for chunk in speech:
+                async for audio in speech:
                     if handle.interrupted:
                         return
                     if clock.tts_first_audio is None:
                         clock.tts_first_audio = time.monotonic()
-                    self._spoken_by(chunk)
-                    if resampler is None or resampler.in_rate != chunk.sample_rate:
+                    self._spoken_by(audio)
+                    if resampler is None or resampler.in_rate != audio.sample_rate:
                         if resampler is not None:
                             await self._push(segment, await _flush(resampler))
-                        resampler = StreamResampler(chunk.sample_rate, playout.sample_rate)
-                    await self._push(segment, await _resample(resampler, chunk))
+                        resampler = StreamResampler(audio.sample_rate, playout.sample_rate)
+                    await self._push(segment, await _resample(resampler, audio))
             if resampler is not None:
                 await self._push(segment, await _flush(resampler))
             playout.close_segment(segment)
@@ -247,6 +292,56 @@ class Reply:
         await self._playout.wait_started(self.handle.id)
         if not self.handle.interrupted:
             self._on_speaking(self.handle)
+
+
+class _ReplySpeaker:
+    """The loop's ``Speaker`` for a spoken reply: text into the handle, the reply's
+    events and the chunk queue (clause chunks, one chunker per step)."""
+
+    def __init__(
+        self,
+        handle: SpeechHandle,
+        emit: Callable[[AgentEvent], None],
+        playout: PlayoutBuffer,
+        settings: ChunkerSettings,
+        put: Callable[[TextChunk | None], Awaitable[None]],
+        *,
+        chunked: bool,
+    ) -> None:
+        self._handle = handle
+        self._emit = emit
+        self._playout = playout
+        self._settings = settings
+        self._put = put
+        self._chunked = chunked
+        self._step = 0
+        self._chunker = SentenceChunker(settings)
+
+    async def say(self, text: str, step: int, *, filler: bool = False) -> None:
+        handle = self._handle
+        if filler and handle.text and not handle.text[-1].isspace():
+            text = " " + text
+        handle.text += text
+        self._emit(ReplyDeltaEvent(turn_id=handle.turn_id, text=text))
+        if filler:
+            await self.flush()
+            await self._put(TextChunk(text.strip(), step, filler=True))
+            return
+        self._step = step
+        for piece in self._chunker.feed(text) if self._chunked else [text]:
+            await self._put(TextChunk(piece, step))
+
+    async def end_step(self, step: int) -> None:
+        await self.flush()
+        self._chunker = SentenceChunker(self._settings)  # the next step starts afresh
+
+    async def flush(self) -> None:
+        """Speak what the chunker still holds."""
+        for piece in self._chunker.flush() if self._chunked else []:
+            await self._put(TextChunk(piece, self._step))
+
+    def idle(self) -> bool:
+        return self._playout.buffered_ms < self._playout.frame_ms
 
 
 async def _resample(resampler: StreamResampler, chunk: SpeechChunk) -> PCM:

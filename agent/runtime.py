@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agent.config import AgentConfig
+from agent.endofturn import EndOfTurnModel, SmartTurn
 from agent.fallback import FallbackLLM, FallbackStats, FallbackSTT, FallbackTTS, fallback_tts
 from agent.llm import LLM
 from agent.provider_config import LOCAL, CloudCredentials, ProvidersConfig
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class AgentModels:
-    """VAD, STT, LLM and TTS instances plus the VAD worker thread.
+    """VAD, STT, LLM and TTS instances plus the VAD worker thread (and, when the
+    agent uses one, the end-of-turn model with a worker thread of its own).
 
     Build with ``AgentModels.load(config)`` (local models from the config), or
     pass any implementations of the provider protocols (cloud adapters).
@@ -55,6 +57,14 @@ class AgentModels:
     """Each stage's provider chain, e.g. ``{"llm": "groq,local"}`` (recorded with turns)."""
     fallback_stats: FallbackStats | None = None
     """Counters of the fallback wrappers (None: every stage is local only)."""
+    end_of_turn: EndOfTurnModel | None = None
+    """The end-of-turn model (None: turns end on the silence timer alone)."""
+    end_of_turn_executor: InferenceExecutor | None = None
+    """Its worker thread (made with the model): an inference never delays VAD windows."""
+
+    def __post_init__(self) -> None:
+        if self.end_of_turn is not None and self.end_of_turn_executor is None:
+            self.end_of_turn_executor = InferenceExecutor("end-of-turn", workers=1)
 
     @property
     def apology_voice(self) -> TTS:
@@ -84,6 +94,11 @@ class AgentModels:
         t0 = time.perf_counter()
         vad = SileroVAD()
         timed("vad", t0)
+        end_of_turn: EndOfTurnModel | None = None
+        if config.turn.end_of_turn_model == "smart_turn":
+            t0 = time.perf_counter()
+            end_of_turn = SmartTurn(config.turn.smart_turn.model_path)
+            timed("end_of_turn", t0)
         t0 = time.perf_counter()
         local_stt = _local_stt(config) if LOCAL in stt_chain else None
         timed("stt", t0)
@@ -160,6 +175,7 @@ class AgentModels:
             voice=None if tts is local_tts else local_tts,
             chains=_describe(chains, stt_chain),
             fallback_stats=stats if cloudy else None,
+            end_of_turn=end_of_turn,
         )
 
     async def aclose(self) -> None:
@@ -170,6 +186,8 @@ class AgentModels:
         failure is raised after all were tried.
         """
         self.vad_executor.shutdown()
+        if self.end_of_turn_executor is not None:
+            self.end_of_turn_executor.shutdown()
         closing = [self.stt.aclose(), self.llm.aclose(), self.tts.aclose()]
         if self.voice is not None:
             closing.append(self.voice.aclose())
@@ -189,6 +207,8 @@ class AgentModels:
         from a running loop when cloud providers are configured.
         """
         self.vad_executor.shutdown()
+        if self.end_of_turn_executor is not None:
+            self.end_of_turn_executor.shutdown()
         models: list[STT | LLM | TTS] = [self.stt, self.llm, self.tts]
         if self.voice is not None:
             models.append(self.voice)
@@ -220,7 +240,10 @@ def _local_llm(config: AgentConfig) -> LLM:
 
     return LlamaLLM(
         LlamaSettings(
-            model_path=config.llm.model_path, n_ctx=config.llm.n_ctx, threads=config.llm.threads
+            model_path=config.llm.model_path,
+            n_ctx=config.llm.n_ctx,
+            threads=config.llm.threads,
+            tool_format=config.llm.tool_format,
         )
     )
 

@@ -17,6 +17,15 @@ The session keeps what is left: the lifecycle, the state machine (one
 transition table, one writer: ``_set_state``), the chat history and the
 events. Turn ids are unique per session across calls and processes.
 
+Preemptive replies (``turn.preemptive_reply``, ``agent.preemption``): when
+the caller pauses and the speculative transcript is ready, the reply to it
+starts at once, held (its audio silent in the playout buffer, its events
+kept, its tools waiting) while the session stays LISTENING. When the turn is
+confirmed with the same request, the held reply becomes the turn's reply
+(THINKING, then SPEAKING as its audio plays); when the caller goes on, or the
+confirmed turn would ask something else, it is dropped unheard and nothing
+of it is committed or sent.
+
 A user turn that is transcribed while the caller is already speaking again
 (or while a later turn still waits for its transcript) does not start a
 reply: its text is held and merged into the next turn, so the agent never
@@ -27,10 +36,11 @@ is barge-in like speech while it speaks.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from agent.config import AgentConfig
@@ -53,11 +63,14 @@ from agent.history import ChatHistory
 from agent.interruption import BargeInAction, InterruptionController
 from agent.listener import Listener, UserTurn
 from agent.llm import ChatMessage
+from agent.preemption import PreemptiveReply
 from agent.reply import Reply, ReplyPlan
 from agent.runtime import AgentModels
 from agent.speech import SpeechHandle
 from agent.stt import Transcript
 from agent.tasks import TaskOwner, describe_failure
+from agent.toolloop import ToolRound, ToolUse
+from agent.tools import ToolContext, ToolRegistry
 from agent.turnclock import TurnClock
 from media.errors import AudioFormatError
 from media.frames import PIPELINE_RATE, AudioFrame, FloatPCM
@@ -78,7 +91,8 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
     ),
     SessionState.CLOSED: frozenset(),
 }
-"""Every allowed state change, in one place."""
+"""Every allowed state change, in one place. A preemptive reply held while the turn
+is pending leaves the session LISTENING; it enters THINKING when it is adopted."""
 
 EVENT_QUEUE_SIZE = 512
 """Outbound event queue bound; the oldest event is dropped past it."""
@@ -115,13 +129,20 @@ class VoiceSession:
         sinks: Sequence[EventSink] = (),
         session_id: str | None = None,
         history: Sequence[ChatMessage] = (),
+        tools: ToolRegistry | None = None,
+        user_id: str | None = None,
+        preferences: Mapping[str, Any] | None = None,
     ) -> None:
         self.id = session_id or "ses_" + secrets.token_urlsafe(12)
         self.config = config
         self._models = models
         self._sinks = list(sinks)
         self.playout = PlayoutBuffer(output_rate)
-        self.history = ChatHistory(config.system_prompt, config.llm.max_history_turns)
+        self.history = ChatHistory(
+            config.system_prompt,
+            config.llm.max_history_turns,
+            trim_turns=config.llm.history_trim_turns,
+        )
         self.history.restore(list(history))
         self._generation = config.llm.generation()
         self._echo_guard = EchoGuard(
@@ -135,13 +156,42 @@ class VoiceSession:
             probs: Sequence[float] = await models.vad_executor.run(vad.process, windows)
             return probs
 
+        score_end_of_turn: Callable[[FloatPCM], Awaitable[float]] | None = None
+        end_of_turn, end_of_turn_executor = models.end_of_turn, models.end_of_turn_executor
+        if end_of_turn is not None and end_of_turn_executor is not None:
+
+            async def score_turn(audio: FloatPCM) -> float:
+                return await end_of_turn_executor.run(end_of_turn.score, audio)
+
+            score_end_of_turn = score_turn
+
         self._listener = Listener(
-            config, models.stt, run_vad, self, new_turn_id, on_failure=self._task_failed
+            config,
+            models.stt,
+            run_vad,
+            self,
+            new_turn_id,
+            on_failure=self._task_failed,
+            score_end_of_turn=score_end_of_turn,
         )
         self._state = SessionState.LISTENING
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue(EVENT_QUEUE_SIZE)
         self._reply: SpeechHandle | None = None
+        self._tools = tools if tools is not None and len(tools) else None
+        self._tool_settings = config.tools.to_settings()
+        self.user_id = user_id
+        """Whose accounts the tools act on (None: an anonymous caller)."""
+        self.preferences: Mapping[str, Any] = dict(preferences or {})
+        """The user's choices the tools follow (``{"platform": "spotify"}``)."""
+        self._may_act = asyncio.Event()
+        """Clear while a barge-in is pending: no tool starts until it is settled."""
+        self._may_act.set()
+        self._unsettled: dict[str, Reply] = {}
+        """Interrupted replies whose last round of tools still runs, by handle id: the
+        next reply waits for their results to be in the history."""
         self._replies: dict[str, Reply] = {}
+        self._preemptive: PreemptiveReply | None = None
+        """The reply prepared for the pending turn, held until it is confirmed."""
         self._held: list[UserTurn] = []
         self._closing: asyncio.Task[None] | None = None
         self._shutting_down = False
@@ -162,6 +212,12 @@ class VoiceSession:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def identify(self, user_id: str, preferences: Mapping[str, Any]) -> None:
+        """The caller is now known as ``user_id`` (they linked an account during the call):
+        the tools of the next reply act on that user's accounts and follow ``preferences``."""
+        self.user_id = user_id
+        self.preferences = dict(preferences)
+
     async def start(self) -> None:
         """Start listening (and speak the greeting, if configured)."""
         if self._started:
@@ -181,10 +237,14 @@ class VoiceSession:
             await asyncio.shield(closing)  # a fatal failure is closing it already
             return
         self._shutting_down = True  # input is refused from here on
+        self._drop_preemption()
         reply = self._reply
         if reply is not None and not reply.done:
             reply.interrupt()
             self._commit_reply(reply)
+        for unsettled in self._unsettled.values():
+            if unsettled.loop is not None:
+                unsettled.loop.abort()  # the call is over: no action waits any longer
         await self._listener.aclose()
         await self._tasks.aclose()
         self._set_state(SessionState.CLOSED)
@@ -360,6 +420,7 @@ class VoiceSession:
 
     def speech_started(self, turn_id: str, speech_start: float, now: float) -> None:
         """See ``agent.listener.Hearing``."""
+        self._drop_preemption()  # a new turn: a held reply answered an earlier one
         self._emit(VadEvent(speaking=True, stream_time=speech_start))
         self._apply(self._barge.speech_started(speech_start, now))
 
@@ -370,11 +431,13 @@ class VoiceSession:
 
     def speech_resumed(self, turn_id: str, now: float) -> None:
         """See ``agent.listener.Hearing``."""
+        self._drop_preemption()  # the caller goes on: the held reply answered too little
         self._emit(VadEvent(speaking=True, stream_time=now))
         self._apply(self._barge.speech_resumed(now))
 
     def speech_discarded(self, turn_id: str, now: float) -> None:
         """See ``agent.listener.Hearing``."""
+        self._drop_preemption()
         self._apply(self._barge.speech_ended())
         self._start_held()
 
@@ -395,6 +458,36 @@ class VoiceSession:
         else:
             self._apply(self._barge.words_heard(heard.own))
 
+    def speculative_transcript(
+        self, turn_id: str, speech_end: float, transcript: Transcript
+    ) -> None:
+        """See ``agent.listener.Hearing``: with ``turn.preemptive_reply``, start the
+        reply to the pause's words now, held until the turn is confirmed."""
+        self._drop_preemption()  # an earlier pause's reply (normally dropped already)
+        if not self._may_preempt() or not self._heard_words(transcript.text).own:
+            return
+        tools = self._tools.specs() if self._tools is not None else ()
+        plan = ReplyPlan(messages=self.history.context_with_user(transcript.text), tools=tools)
+        held = PreemptiveReply(turn_id, speech_end, plan)
+        handle = SpeechHandle(turn_id=turn_id, playout=self.playout)
+        reply = self._new_reply(handle, plan, TurnClock.now(), emit=held.emit, held=held)
+        held.reply = reply
+        self._preemptive = held
+        handle.task = self._tasks.spawn(self._run_reply(reply), "reply-preemptive")
+
+    def _may_preempt(self) -> bool:
+        """Only a caller talking to an idle agent gets a preemptive reply: over an active
+        reply (a barge-in) the turn commits that reply first, so the request would differ."""
+        return (
+            self.config.turn.preemptive_reply
+            and self.accepting_input
+            and not self._on_hold
+            and self._reply is None
+            and not self._held
+            and not self._unsettled
+            and not self._listener.finals_pending
+        )
+
     def user_turn(self, turn: UserTurn) -> None:
         """See ``agent.listener.Hearing``: a turn with its final transcript."""
         words = self._heard_words(turn.transcript.text).own
@@ -413,12 +506,16 @@ class VoiceSession:
             )
             self._hold(turn)
         self._start_held()
+        held = self._preemptive
+        if held is not None and held.turn_id == turn.turn_id:
+            self._drop_preemption()  # not adopted: the turn had no words to answer
 
     def stt_failed(self, turn_id: str, error: ProviderError, final: bool) -> None:
         """See ``agent.listener.Hearing``: with every STT provider down, the caller
         hears the apology rather than silence."""
         self._emit_error("stt", error)
         if final:
+            self._drop_preemption()
             self._apply(self._barge.turn_transcribed(0))
             if isinstance(error, AllProvidersFailedError) and self._reply is None:
                 self._apologize()
@@ -439,7 +536,20 @@ class VoiceSession:
             return  # more is coming: the next turn's text joins these
         last = self._held[-1]
         self._held.clear()
-        self._start_reply(last.turn_id, last.clock, ReplyPlan(messages=self.history.context()))
+        tools = self._tools.specs() if self._tools is not None else ()
+        plan = ReplyPlan(messages=self.history.context(), tools=tools)
+        held, self._preemptive = self._preemptive, None
+        if held is not None:
+            reply = held.reply
+            if (
+                reply is not None
+                and not reply.handle.done  # failed or said nothing while held: ask afresh
+                and held.matches(last.turn_id, last.speech_end, plan.messages, plan.tools)
+            ):
+                self._adopt(held, reply, last.clock)
+                return
+            self._cancel_preemptive(held)
+        self._start_reply(last.turn_id, last.clock, plan)
 
     def _heard_words(self, text: str) -> HeardWords:
         """A transcript's content words (no fillers), split into the caller's own and
@@ -457,11 +567,13 @@ class VoiceSession:
             reply = self._reply
             if action is BargeInAction.PAUSE:
                 self.playout.pause(BARGE_IN)
+                self._may_act.clear()  # no tool starts while the caller may be stopping it
                 self._listener.urgent_partials = True
                 if reply is not None:
                     self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=action.value))
             elif action is BargeInAction.RESUME:
                 self.playout.resume(BARGE_IN)
+                self._may_act.set()
                 self._listener.urgent_partials = False
                 if reply is not None and not reply.done:
                     self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=action.value))
@@ -483,10 +595,28 @@ class VoiceSession:
     def _start_reply(
         self, turn_id: str, clock: TurnClock, plan: ReplyPlan, *, local_voice: bool = False
     ) -> None:
+        self._drop_preemption()
         self._interrupt_reply()
         handle = SpeechHandle(turn_id=turn_id, playout=self.playout)
+        reply = self._new_reply(handle, plan, clock, emit=self._emit, local_voice=local_voice)
+        self._replies[handle.id] = reply
+        self._reply = handle
+        self._set_state(SessionState.THINKING)
+        handle.task = self._tasks.spawn(self._run_reply(reply), "reply")
+        self._apply(self._barge.reply_started(self._listener.now))
+
+    def _new_reply(
+        self,
+        handle: SpeechHandle,
+        plan: ReplyPlan,
+        clock: TurnClock,
+        *,
+        emit: Callable[[AgentEvent], None],
+        local_voice: bool = False,
+        held: PreemptiveReply | None = None,
+    ) -> Reply:
         clock.usage.chains = dict(self._models.chains)
-        reply = Reply(
+        return Reply(
             handle,
             plan,
             clock,
@@ -495,14 +625,36 @@ class VoiceSession:
             playout=self.playout,
             generation=self._generation,
             chunker=self.config.chunker.to_settings(),
-            emit=self._emit,
+            emit=emit,
             on_speaking=self._on_speaking,
+            tools=self._tool_use(handle, held) if plan.tools else None,
+            held=held is not None,
         )
+
+    def _adopt(self, held: PreemptiveReply, reply: Reply, clock: TurnClock) -> None:
+        """The turn a held reply answers is confirmed: it becomes the turn's reply."""
+        handle = reply.handle
+        reply.clock.confirm(clock)
         self._replies[handle.id] = reply
         self._reply = handle
         self._set_state(SessionState.THINKING)
-        handle.task = self._tasks.spawn(self._run_reply(reply), "reply")
+        held.release(self._emit)  # its kept events go out in order; its tools may run
+        self.playout.release(handle.id)
         self._apply(self._barge.reply_started(self._listener.now))
+
+    def _drop_preemption(self) -> None:
+        held, self._preemptive = self._preemptive, None
+        if held is not None:
+            self._cancel_preemptive(held)
+
+    def _cancel_preemptive(self, held: PreemptiveReply) -> None:
+        """Stop a held reply unheard: nothing of it is committed or sent."""
+        held.drop()
+        if held.reply is not None:
+            handle = held.reply.handle
+            handle.interrupt()
+            self.playout.clear(handle.id)  # a reply that ended while held may have audio
+            self.playout.forget(handle.id)
 
     async def _run_reply(self, reply: Reply) -> None:
         handle = reply.handle
@@ -510,6 +662,8 @@ class VoiceSession:
         apologize = False
         try:
             try:
+                if self._unsettled and reply.plan.canned is None:
+                    await self._settle(reply)
                 await reply.run()
             except* AgentError as group:
                 failure = group.exceptions[0]  # type: ignore[assignment]
@@ -518,6 +672,12 @@ class VoiceSession:
                     "session %s: reply failed: %s", self.id, describe_failure(group.exceptions[0])
                 )
                 failure = AgentError(f"internal error: {type(group.exceptions[0]).__name__}")
+            held = self._preemptive
+            if failure is not None and held is not None and held.reply is reply:
+                # unseen: the confirmation asks afresh, and that reply reports its failure
+                log.debug("session %s: a held reply failed: %s", self.id, failure)
+                self.playout.clear(handle.id)
+                return
             if failure is not None:
                 self._emit_error("reply", failure)
                 handle.interrupted = True  # commit only what was heard before the failure
@@ -529,8 +689,43 @@ class VoiceSession:
                 self.playout.clear(handle.id)
         finally:
             self._commit_reply(handle)
+            self._unsettled.pop(handle.id, None)
         if apologize and self._reply is None and self.accepting_input:
             self._apologize()
+
+    def _tool_use(
+        self, handle: SpeechHandle, held: PreemptiveReply | None = None
+    ) -> ToolUse | None:
+        """The reply's tools; they wait while a barge-in is pending and, for a held
+        reply, until its turn is confirmed (a tool never runs preemptively)."""
+        if self._tools is None:
+            return None
+        context = ToolContext(
+            session_id=self.id,
+            user_id=self.user_id,
+            turn_id=handle.turn_id,
+            preferences=self.preferences,
+        )
+
+        def late_round(round_: ToolRound) -> None:
+            # An interrupted reply's round ended after the reply was committed: its
+            # completed actions still belong in the conversation.
+            self.history.add_tool_exchange(round_.calls, round_.contents())
+
+        async def may_act() -> None:
+            if held is not None:
+                await held.confirmed.wait()
+            await self._may_act.wait()
+
+        return ToolUse(self._tools, self._tool_settings, context, may_act, late_round)
+
+    async def _settle(self, reply: Reply) -> None:
+        """Wait for interrupted replies' tool rounds to end, then answer with their results
+        in the context (an action that may not be cancelled is known to the next reply)."""
+        tasks = [r.handle.task for r in self._unsettled.values() if r.handle.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+            reply.plan = dataclasses.replace(reply.plan, messages=self.history.context())
 
     def _apologize(self) -> None:
         """Say the configured apology in the local voice, as a turn of its own (heard, so
@@ -549,7 +744,9 @@ class VoiceSession:
             return  # already committed
         heard = handle.heard_text if handle.interrupted else handle.text.strip()
         self._echo_guard.reply_ended(heard, time.monotonic())
-        self.history.add_assistant(heard, interrupted=handle.interrupted)
+        reply.commit(self.history, heard, interrupted=handle.interrupted)
+        if reply.acting and not handle.done:
+            self._unsettled[handle.id] = reply  # its round's results join the history later
         self._emit(
             ReplyEvent(
                 turn_id=handle.turn_id,
@@ -566,6 +763,7 @@ class VoiceSession:
             self._barge.reply_ended()
             self._listener.urgent_partials = False
             self.playout.resume(BARGE_IN)
+            self._may_act.set()
             if self._state in (SessionState.THINKING, SessionState.SPEAKING):
                 self._set_state(SessionState.LISTENING)
 

@@ -10,8 +10,9 @@ the interaction log and the chat API's ``action_result``) and structured data.
 
 A handler signals a failure the model should hear about (no such song, the
 account is not connected) by raising ``ToolError`` with a message safe to say
-to the caller; anything else it raises is reported to the model as an internal
-failure without details.
+to the caller (kept as the result's ``spoken``: the reply loop says it when the
+model stays silent); anything else it raises is reported to the model as an
+internal failure without details.
 
 ``ToolRegistry.run`` runs one call the model asked for: it finds the tool,
 parses and checks the arguments against the tool's schema (``agent.schema``),
@@ -25,6 +26,7 @@ and feeds the results back to the model.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -84,11 +86,21 @@ class ToolResult:
     code: str | None = None
     """Why it failed (``ToolError.code``, or ``"unknown_tool"``, ``"bad_arguments"``,
     ``"timeout"``, ``"cancelled"``, ``"internal"``); None when it succeeded."""
+    spoken: str | None = None
+    """A failure's message as the caller may hear it (a handler's ``ToolError``): the
+    reply loop says it when the model answers the failure with silence. None for
+    failures whose text is meant for the model alone (a schema mismatch)."""
 
     @classmethod
-    def failure(cls, code: str, message: str) -> ToolResult:
-        """A failed call: the model reads ``message`` (safe to say to the caller)."""
-        return cls(f"error ({code}): {message}", error=True, code=code)
+    def failure(cls, code: str, message: str, *, speakable: bool = False) -> ToolResult:
+        """A failed call: the model reads ``message``; ``speakable`` when the caller may
+        hear it as it is (``spoken``)."""
+        return cls(
+            f"error ({code}): {message}",
+            error=True,
+            code=code,
+            spoken=message if speakable else None,
+        )
 
 
 ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[ToolResult]]
@@ -199,7 +211,7 @@ async def execute(tool: Tool, arguments: dict[str, Any], context: ToolContext) -
         async with asyncio.timeout(tool.timeout_s):
             result = await tool.handler(arguments, context)
     except ToolError as exc:
-        return ToolResult.failure(exc.code, exc.message)
+        return ToolResult.failure(exc.code, exc.message, speakable=True)
     except TimeoutError:
         return ToolResult.failure("timeout", f"{tool.name} took longer than {tool.timeout_s:g} s")
     except Exception as exc:
@@ -210,7 +222,7 @@ async def execute(tool: Tool, arguments: dict[str, Any], context: ToolContext) -
         return ToolResult.failure("internal", f"{tool.name} failed")
     if len(result.content) > MAX_RESULT_CHARS:
         cut = result.content[: MAX_RESULT_CHARS - 20].rstrip() + " ... (cut)"
-        result = ToolResult(cut, result.action, result.data, result.error, result.code)
+        result = dataclasses.replace(result, content=cut)
     return result
 
 

@@ -24,12 +24,37 @@ class TurnClock:
     tts_first_chunk: float | None = None
     tts_first_audio: float | None = None
     usage: TurnUsage = field(default_factory=TurnUsage)
+    preemptive: bool = False
+    """The reply was started on the speculative transcript, before the turn ended."""
+    released: float | None = None
+    """A preemptive reply: when its turn was confirmed and its held audio released."""
 
     @classmethod
     def now(cls) -> TurnClock:
         """A clock for a turn that ends now (typed input, greeting)."""
         t = time.monotonic()
         return cls(speech_end=t, turn_end=t)
+
+    def confirm(self, turn: TurnClock) -> None:
+        """This clock's reply started preemptively and its turn is now confirmed: take
+        the turn's marks (``turn``: the listener's clock of it) and mark the release."""
+        self.speech_end, self.turn_end = turn.speech_end, turn.turn_end
+        self.stt_final_s, self.stt_ready = turn.stt_final_s, turn.stt_ready
+        self.speculative_hit = turn.speculative_hit
+        mine, theirs = self.usage, turn.usage
+        mine.stt_provider, mine.stt_model = theirs.stt_provider, theirs.stt_model
+        mine.stt_audio_s = theirs.stt_audio_s
+        self.preemptive = True
+        self.released = time.monotonic()
+
+    @property
+    def hidden_s(self) -> float | None:
+        """A preemptive reply's head start: its LLM and TTS work (from the request to
+        the first synthesized audio) done before the release, in seconds."""
+        if not self.preemptive or self.released is None or self.llm_start is None:
+            return None
+        ready = self.tts_first_audio if self.tts_first_audio is not None else self.released
+        return max(0.0, min(ready, self.released) - self.llm_start)
 
     def metrics(self, turn_id: str, first_audio: float | None, interrupted: bool) -> MetricsEvent:
         """The turn's metrics event (milliseconds; None where a stage did not run)."""
@@ -44,6 +69,7 @@ class TurnClock:
             "llm_first_token": self.llm_first_token,
             "tts_first_chunk": self.tts_first_chunk,
             "tts_first_audio": self.tts_first_audio,
+            "released": self.released,
             "first_audio": first_audio,
             "emitted": time.monotonic(),
         }
@@ -65,4 +91,6 @@ class TurnClock:
                 for name, mark in marks.items()
                 if (offset := ms(self.speech_end, mark)) is not None
             },
+            preemptive=self.preemptive,
+            preemptive_hidden_ms=None if (h := self.hidden_s) is None else round(h * 1000, 1),
         )

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,17 +94,21 @@ def load_clips(
     max_seconds: float = 28.0,
     sounds_dir: Path = SOUNDS_DIR,
     transcripts: Path = TRANSCRIPTS,
+    accept: Callable[[str], bool] | None = None,
 ) -> list[Clip]:
     """Load up to ``n`` clips (all when None) resampled to 16 kHz, in a fixed order.
 
     Clips longer than ``max_seconds`` are skipped (Whisper sees 30 s at most
-    per window). Raises ``HumanSpeechMissingError`` when the packages are absent.
+    per window). ``accept`` picks clips by their transcript instead of
+    ``usable_transcript(text, min_words)``. Raises ``HumanSpeechMissingError``
+    when the packages are absent.
     """
     if not available(sounds_dir, transcripts):
         raise HumanSpeechMissingError(INSTALL_HINT)
     refs = read_transcripts(transcripts)
+    keep = accept or (lambda text: usable_transcript(text, min_words))
     names = sorted(
-        (name for name, text in refs.items() if usable_transcript(text, min_words)),
+        (name for name, text in refs.items() if keep(text)),
         key=lambda name: hashlib.sha1(name.encode()).hexdigest(),
     )
     clips: list[Clip] = []

@@ -9,6 +9,13 @@ Bound and drop policy: at most ``max_buffered_ms`` of audio is queued.
 Producers wait in ``push`` until there is room (back-pressure: agent speech is
 never dropped while it is wanted); ``clear`` drops everything at once.
 
+Held utterances: an utterance opened with ``held=True`` (a reply prepared
+before the caller's turn is confirmed) is queued as usual but not played:
+``pull`` stops at its first chunk and yields silence (it holds the line, and
+audio queued behind it waits too) until ``release``; ``clear`` drops it
+unheard. A held utterance fills the buffer up to its bound like any other,
+then its producer waits in ``push``.
+
 An echo canceller reads what the caller heard through ``tap()``: a
 ``ReferenceTap`` that keeps the last few hundred milliseconds of pulled frames
 with their stream positions. It costs nothing until a transport asks for it.
@@ -65,6 +72,7 @@ class _Chunk:
 class _Utterance:
     segments: list[SegmentPlayback] = field(default_factory=list)
     finished: bool = False
+    held: bool = False
     first_audio_at: float | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -178,10 +186,25 @@ class PlayoutBuffer:
 
     # ---------------------------------------------------------------- producer
 
-    def open_utterance(self, utterance_id: str) -> None:
-        """Start accounting for an utterance (idempotent; a forgotten one stays closed)."""
+    def open_utterance(self, utterance_id: str, *, held: bool = False) -> None:
+        """Start accounting for an utterance (idempotent; a forgotten one stays closed).
+
+        ``held``: its audio is queued but not played until ``release`` (see the
+        module doc); it applies when the utterance is first opened.
+        """
         if utterance_id not in self._retired:
-            self._utterances.setdefault(utterance_id, _Utterance())
+            self._utterances.setdefault(utterance_id, _Utterance(held=held))
+
+    def release(self, utterance_id: str) -> None:
+        """Let a held utterance play (from the next ``pull``); a no-op for any other."""
+        utt = self._utterances.get(utterance_id)
+        if utt is not None:
+            utt.held = False
+
+    def is_held(self, utterance_id: str) -> bool:
+        """Whether the utterance is open and held."""
+        utt = self._utterances.get(utterance_id)
+        return utt is not None and utt.held
 
     def open_segment(self, utterance_id: str, text: str) -> SegmentPlayback:
         """Declare the next text segment of an utterance; its audio follows via ``push``.
@@ -238,19 +261,22 @@ class PlayoutBuffer:
         """Take the next frame; returns ``(pcm, has_speech)``.
 
         ``has_speech`` is False for a frame that is all filler silence (empty
-        buffer or paused). Frames are always exactly ``frame_samples`` long.
+        buffer, paused, or a held utterance next in line). Frames are always
+        exactly ``frame_samples`` long.
         """
         out = np.zeros(self.frame_samples, np.int16)
         filled = 0
         if not self._pauses:
             while filled < self.frame_samples and self._chunks:
                 chunk = self._chunks[0]
+                utt = self._utterances.get(chunk.segment.utterance_id)
+                if utt is not None and utt.held:
+                    break  # it holds the line until released
                 take = min(self.frame_samples - filled, chunk.pcm.size - chunk.offset)
                 out[filled : filled + take] = chunk.pcm[chunk.offset : chunk.offset + take]
                 chunk.offset += take
                 filled += take
                 chunk.segment.played_samples += take
-                utt = self._utterances.get(chunk.segment.utterance_id)
                 if utt is not None and utt.first_audio_at is None:
                     utt.first_audio_at = time.monotonic()
                     utt.started.set()

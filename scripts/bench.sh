@@ -6,6 +6,7 @@
 #   scripts/bench.sh              full run (~40 min on 2 cores, the cloud scenario included)
 #   scripts/bench.sh --quick      smoke run (~3 min)
 #   scripts/bench.sh --profile --scenarios v2v,turns --set turn.end_of_turn_silence_ms=450 --tag eot450
+#   scripts/bench.sh --scenarios v2v,pipecat   Parley and the Pipecat reference line, one run
 #
 # Extra arguments go to `python -m bench.wire` (see --help).
 set -euo pipefail
@@ -28,4 +29,8 @@ if ! command -v espeak-ng >/dev/null 2>&1; then
     echo "bench: espeak-ng not installed (needs root and apt); caller questions use Piper only" >&2
   fi
 fi
+# The Pipecat reference line runs in a venv of its own, outside the repository.
+case " $* " in
+  *pipecat*) bench/pipecat_ref/install.sh ;;
+esac
 exec .venv/bin/python -m bench.wire "$@"

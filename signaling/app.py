@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,10 +22,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.config import AgentConfig
-from agent.errors import AgentError, ProviderError
+from agent.errors import AgentError, InputTooLongError, ProviderError
+from agent.http_tools import http_tools
 from agent.phrase_cache import cached_tts
 from agent.pricing import PriceTable
 from agent.runtime import AgentModels
+from agent.tools import ToolRegistry
 from agent.warmup import warm_up
 from media.errors import AudioFormatError
 from signaling import allocator
@@ -36,9 +38,14 @@ from signaling.calls import CallLimitError, CallManager
 from signaling.correlation import RequestIdMiddleware, current_request_id
 from signaling.jobs import JobRunner, maintenance_jobs
 from signaling.ledger import open_ledger
+from signaling.library_sync import JOB_NAME as LIBRARY_SYNC_JOB
+from signaling.livekit_rooms import LiveKitRooms
+from signaling.livekit_settings import LiveKitSettings
 from signaling.methods import MethodsMiddleware
 from signaling.metrics import ServerMetrics, breaker_states
+from signaling.music import Music
 from signaling.openapi import error_responses, raw_body
+from signaling.platforms import Platforms
 from signaling.ratelimit import RateLimitedError, RateLimits
 from signaling.sdp_offer import MAX_SDP_BYTES, SdpError, decode_offer, sdp_size_error
 from signaling.settings import ServerSettings
@@ -62,6 +69,12 @@ class RoomIn(BaseModel):
     """Body of ``POST /v1/rooms``."""
 
     name: str | None = Field(None, max_length=200)
+    media: Literal["local", "livekit"] = Field(
+        "local",
+        description="``local``: calls reach this server (WebRTC, WebSocket); ``livekit``: the "
+        "room lives on LiveKit (``LIVEKIT_URL``), the answer carries a caller token that "
+        "dispatches our agent worker.",
+    )
 
 
 class SdpIn(BaseModel):
@@ -196,9 +209,13 @@ def create_app(
         metrics.watch_store(store.stats)
         if loaded.fallback_stats is not None:
             metrics.watch_fallback(loaded.fallback_stats, lambda: breaker_states(loaded))
+        # The agent's tools: HTTP tools from its YAML (the music tools join below).
+        http = http_tools(config.tools)
+        tools = ToolRegistry(endpoint.tool() for endpoint in http)
         calls = CallManager(
             call_models,
             config,
+            tools=tools,
             max_calls=settings.max_calls,
             idle_timeout_s=settings.idle_timeout_s,
             no_audio_timeout_s=settings.no_audio_timeout_s,
@@ -227,12 +244,24 @@ def create_app(
             rooms=store.rooms,
             calls=calls,
             metrics=metrics,
-            chats=TextChats(config, loaded, store),
+            chats=TextChats(config, loaded, store, tools=tools),
             store=store,
             started_at=time.time(),
             access=AccessControl(settings, store.keys),
             limits=limits,
         )
+        livekit_settings = LiveKitSettings()
+        if livekit_settings.configured:
+            app.state.parley.livekit = LiveKitRooms(livekit_settings)
+        # Music platforms: OAuth clients and users' access tokens; others attach connect hooks.
+        platforms = Platforms.open(settings, store.accounts, app.state.parley.tokens)
+        app.state.parley.platforms = platforms
+        # Their adapters, the tiered music search, the library sync and the music tools.
+        music = await Music.open(platforms, store, observe=metrics.music_search)
+        for tool in music.tools():
+            tools.register(tool)
+        app.state.parley.music = music
+        app.state.parley.tools = tools
         # One SIP listener per server: worker 0 holds the port and its calls.
         sip = await start_sip(app.state.parley) if settings.worker_index == 0 else None
         app.state.parley.sip = sip[0] if sip is not None else None
@@ -240,6 +269,8 @@ def create_app(
         jobs = JobRunner(maintenance_jobs(app.state.parley))
         app.state.parley.jobs = jobs
         jobs.start()
+        if LIBRARY_SYNC_JOB in jobs.jobs:  # in-process library sync (no Redis)
+            music.wake = lambda: jobs.run_soon(LIBRARY_SYNC_JOB)
         publisher: asyncio.Task[None] | None = None
         if settings.worker_count > 1:
             shared = WorkerMetrics(
@@ -262,6 +293,10 @@ def create_app(
             await calls.shutdown()
             if tracing is not None:  # export the last turns' spans
                 await asyncio.to_thread(tracing.shutdown)
+            await music.aclose()
+            for endpoint in http:
+                await endpoint.aclose()
+            await platforms.aclose()
             await store.close()
             if own:
                 await loaded.aclose()
@@ -300,12 +335,18 @@ def create_app(
     _install_error_handlers(app)
     _install_routes(app)
     from signaling.keys_api import router as keys_router
+    from signaling.platforms_api import router as platforms_router
+    from signaling.search_api import router as search_router
     from signaling.sessions_api import router as sessions_router
     from signaling.sip import router as sip_router
+    from signaling.tools_api import router as tools_router
     from signaling.voice_api import router as voice_router
     from signaling.ws import router as ws_router
 
     app.include_router(keys_router)
+    app.include_router(platforms_router)
+    app.include_router(search_router)
+    app.include_router(tools_router)
     app.include_router(sessions_router)
     app.include_router(sip_router)
     app.include_router(voice_router)
@@ -393,6 +434,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ProviderError)
     async def provider_error(_: Request, exc: ProviderError) -> JSONResponse:
+        if isinstance(exc, InputTooLongError):  # the client's input, not the provider
+            return err(413, "input_too_long", str(exc))
         return err(503 if exc.retryable else 502, "provider_error", str(exc))
 
     @app.exception_handler(SQLAlchemyError)
@@ -468,14 +511,29 @@ def _install_routes(app: FastAPI) -> None:
     ) -> dict[str, Any]:
         """Create a room; returns its id and a join token scoped to it.
 
+        With ``"media": "livekit"`` (LiveKit configured) the answer also carries
+        ``livekit``: the server URL, the room and a caller token that joins it
+        and dispatches our agent worker; 400 ``livekit_not_configured`` without it.
+
         Needs an API key with the ``calls`` scope where keys are required
         (``PARLEY_REQUIRE_KEYS``); the room's calls count against that key's
         quota. Rate limited per client address and per key (429).
         """
         principal = await guard(st, request, authorization, bucket="create")
+        livekit = body is not None and body.media == "livekit"
+        if livekit and st.livekit is None:
+            raise ApiError(
+                400,
+                "livekit_not_configured",
+                "LiveKit rooms need LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET",
+            )
         room = await st.rooms.create(body.name if body else None, key_id=principal.key_id)
         token, exp = st.tokens.mint(room.id)
-        return await _room_out(st, room, token, exp)
+        out = await _room_out(st, room, token, exp)
+        out["media"] = "livekit" if livekit else "local"
+        if livekit and st.livekit is not None:  # the LiveKit room is named after ours
+            out["livekit"] = st.livekit.caller_token(room.id).describe()
+        return out
 
     @app.get("/v1/rooms/{room_id}", responses=error_responses(401, 403, 404, 503))
     async def get_room(

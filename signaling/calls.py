@@ -30,12 +30,14 @@ from agent.events import AgentEvent, TranscriptEvent, VadEvent
 from agent.pricing import PriceTable
 from agent.runtime import AgentModels
 from agent.session import EventSink, VoiceSession
+from agent.tools import ToolRegistry
 from media.transport import Transport
 from signaling.bridge import CallBridge
 from signaling.correlation import CallContext, call_scope
 from signaling.ledger import HEARTBEAT_S, CallEntry, CallLedger, LedgerFullError, LocalLedger
 from signaling.recorder import SessionRecorder, messages_from_json
 from store.store import Store
+from store.users import CallerProfile
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +129,11 @@ class CallManager:
         ledger: CallLedger | None = None,
         no_audio_timeout_s: float | None = None,
         on_end: Callable[[Call], None] | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self._models = models
+        self._tools = tools
+        """The tools every call's agent may use (YAML HTTP tools, music tools)."""
         self.no_audio_timeout_s = no_audio_timeout_s
         """A call whose transport delivers no audio this long is ended (None: never)."""
         self._on_end = on_end
@@ -180,8 +185,10 @@ class CallManager:
         ``key_max_calls`` calls on any worker.
 
         With ``session_id`` the call continues that session: its chat context
-        is loaded from the hot tier (or rebuilt from SQL), and its turns are
-        appended to the same history. ``attributes`` are what the transport
+        is loaded from the hot tier (or rebuilt from SQL), its turns are
+        appended to the same history, and its user (``store.users``: whose
+        platform accounts the tools act on, and their preferences) is read
+        once, here; a new session's caller is anonymous. ``attributes`` are what the transport
         knows of the call, kept with the session (SIP: From URI, Call-ID). The
         call is live (counted, listed) at once; ``start`` runs it once its
         transport exists, ``end`` ends it.
@@ -214,6 +221,8 @@ class CallManager:
             history = (
                 messages_from_json(await self._store.state.load(session_id)) if continuing else []
             )
+            # Who calls: the one store read of the call's user (a new session is anonymous).
+            caller = await self._store.users.profile(session_id) if continuing else None
             recorder = SessionRecorder(
                 self._store, session_id, transport, attributes, prices=self._prices, key_id=key_id
             )
@@ -224,6 +233,9 @@ class CallManager:
                 sinks=[*self._sinks, recorder, activity],
                 session_id=session_id,
                 history=history,
+                tools=self._tools,
+                user_id=caller.user_id if caller is not None else None,
+                preferences=caller.preferences() if caller is not None else None,
             )
             recorder.bind_history(session.history)
             call = Call(call_id, room_id, transport, session, key_id=key_id, recorder=recorder)
@@ -239,6 +251,15 @@ class CallManager:
             self._reserved -= 1
             if not opened:
                 await asyncio.shield(self._release(call_id))
+
+    def identify(self, session_id: str, caller: CallerProfile) -> int:
+        """The session's caller became ``caller`` (an account linked during a call): this
+        worker's live calls of the session act for that user from their next reply.
+        Returns how many calls were told."""
+        calls = self.calls(session_id=session_id)
+        for call in calls:
+            call.session.identify(caller.user_id, caller.preferences())
+        return len(calls)
 
     async def _admit(self, entry: CallEntry, key_max_calls: int | None) -> None:
         """Count the call in the ledger; a ledger that cannot be reached admits locally."""

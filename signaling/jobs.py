@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from signaling import allocator
+from signaling.library_sync import JOB_NAME as LIBRARY_SYNC_JOB
+from signaling.library_sync import SCAN_INTERVAL_S, LibrarySync
 from store.models import utcnow
 
 if TYPE_CHECKING:
@@ -142,6 +144,24 @@ class JobRunner:
         }
 
 
+def library_jobs(
+    sync: LibrarySync, *, scan: bool, scan_interval_s: float = SCAN_INTERVAL_S
+) -> list[Job]:
+    """The in-process job of the library sync (embedded mode, no Redis).
+
+    Each run syncs the accounts requested since the last (``LibrarySync.request``,
+    then ``JobRunner.run_soon(LIBRARY_SYNC_JOB)``) and, with ``scan`` (worker 0 only:
+    the accounts are shared), every account due for its periodic sync.
+    """
+
+    async def run() -> None:
+        await sync.run_pending()
+        if scan:
+            await sync.sync_due()
+
+    return [Job(LIBRARY_SYNC_JOB, scan_interval_s, run, first_delay_s=min(scan_interval_s, 30.0))]
+
+
 ROOM_GRACE_S = 3600.0
 """Rooms are purged this long after their join tokens expired."""
 MEMORY_TRIM_INTERVAL_S = 60.0
@@ -164,6 +184,11 @@ def maintenance_jobs(st: AppState) -> list[Job]:
     its session by the rules themselves unless it has run longer than the
     anonymous TTL without a single turn (the idle timeouts end such a call
     first) or longer than the retention.
+
+    ``library-sync`` (embedded mode only; with Redis arq runs it, see
+    ``signaling.sync_queue``): the library syncs requested when accounts were
+    linked in this worker, and on worker 0 every account due for its periodic
+    sync (``signaling.library_sync``).
     """
     jobs: list[Job] = []
 
@@ -178,6 +203,11 @@ def maintenance_jobs(st: AppState) -> list[Job]:
         await asyncio.to_thread(allocator.trim)
 
     jobs.append(Job("memory-trim", MEMORY_TRIM_INTERVAL_S, trim_memory))
+    music = st.music
+    if music is not None and music.queue is None and music.platforms:
+        # In-process library sync (no Redis: arq runs it otherwise): every worker runs
+        # the syncs its own connect hooks requested; worker 0 also scans for due accounts.
+        jobs.extend(library_jobs(music.sync, scan=st.settings.worker_index == 0))
     if st.settings.worker_index == 0:
         interval = st.store.settings.purge_interval_s
         room_ttl_s = st.settings.token_ttl_s + ROOM_GRACE_S

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from agent.events import AgentEvent, InterruptionEvent, MetricsEvent
 from agent.fallback import BreakerState, CircuitBreaker, FallbackStats
+from agent.platforms.search import SearchTier, TrackSearch
 from agent.pricing import PriceTable, stage_uses
 from agent.runtime import AgentModels
 from media.sip.server import SipStats
@@ -51,6 +52,8 @@ def end_reason_label(reason: str | None) -> str:
 
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_SEARCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Music search tiers: sub-millisecond (in-process) to a slow platform API."""
 
 _STORE_GAUGES = {"writes_pending": "Durable writes queued, not yet applied"}
 _STORE_COUNTERS = {
@@ -315,6 +318,19 @@ class ServerMetrics:
             ["stage", "provider"],
             registry=r,
         )
+        self.music_search_seconds = Histogram(
+            "parley_music_search_seconds",
+            "Time spent in each tier a music search asked (hot, sql, library, platform)",
+            ["tier"],
+            buckets=_SEARCH_BUCKETS,
+            registry=r,
+        )
+        self.music_searches = Counter(
+            "parley_music_searches",
+            "Music searches by the tier that answered them",
+            ["tier"],
+            registry=r,
+        )
 
     def watch_sip(self, sip: Callable[[], SipStats], rtp: Callable[[], Mapping[str, int]]) -> None:
         """Export SIP responses by code and RTP packet counters (lost, late...)."""
@@ -335,6 +351,14 @@ class ServerMetrics:
     def watch_rate_limits(self, stats: Callable[[], Mapping[str, int]]) -> None:
         """Export the rate limits' refusals by bucket and their storage failures."""
         self.registry.register(_RateLimitCollector(stats))
+
+    def music_search(self, result: TrackSearch) -> None:
+        """Count a music search by the tier that served it and time each tier it asked."""
+        for tier in SearchTier:
+            ms = result.timings_ms.get(tier.value)
+            if ms is not None:
+                self.music_search_seconds.labels(tier.value).observe(ms / 1000.0)
+        self.music_searches.labels(result.tier.value).inc()
 
     def call_ended(self, transport: str, reason: str | None) -> None:
         """Count a call that ended (``CallManager``'s ``on_end``)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,8 @@ from agent.events import (
     ErrorEvent,
     MetricsEvent,
     ReplyEvent,
+    ToolCallEvent,
+    ToolResultEvent,
     TranscriptEvent,
 )
 from agent.history import ChatHistory
@@ -82,6 +85,40 @@ def messages_from_json(data: list[dict[str, Any]]) -> list[ChatMessage]:
     return out
 
 
+def tool_interaction(
+    reply_text: str, calls: list[ToolCallEvent], results: list[ToolResultEvent]
+) -> tuple[str, str]:
+    """The interaction log's ``raw_llm_output`` and ``final_action`` of a turn that used tools.
+
+    The raw output is JSON: the reply's words and every call as the model wrote
+    it, with how it ended. The final action is the last action completed
+    (``ToolResult.action``), else ``tool_error`` when a call failed, else
+    ``tool_lookup`` (only read-only tools ran).
+    """
+    ended = {r.call_id: r for r in results}
+    raw = {
+        "text": reply_text,
+        "tool_calls": [
+            {
+                "step": c.step,
+                "name": c.name,
+                "arguments": c.arguments,
+                "ok": ended[c.call_id].ok if c.call_id in ended else None,
+                "code": ended[c.call_id].code if c.call_id in ended else None,
+            }
+            for c in calls
+        ],
+    }
+    actions = [action for r in results if r.ok and (action := r.action)]
+    if actions:
+        final = actions[-1]
+    elif any(not r.ok for r in results):
+        final = "tool_error"
+    else:
+        final = "tool_lookup"
+    return json.dumps(raw, ensure_ascii=False), final
+
+
 _UNPRICED_WARNINGS_MAX = 256
 _unpriced_warned: set[tuple[str, str, str | None]] = set()
 """Stage, provider and model already warned about (bounded: names come from configuration)."""
@@ -123,6 +160,11 @@ class SessionRecorder:
     the whole turn (the caller's transcription and the reply) and is kept on
     the agent's row, its cost estimated with ``prices`` when the agent left it
     unset (``priced_usage``).
+
+    Each answered input gets an interaction log row; for a turn that used
+    tools it holds the calls and the last completed action
+    (``tool_interaction``). A round the caller interrupted whose actions still
+    ran to the end is logged once its last result arrives.
     """
 
     def __init__(
@@ -140,6 +182,10 @@ class SessionRecorder:
         self.session_id = session_id
         self._pending: dict[str, ReplyEvent] = {}
         self._inputs: dict[str, str] = {}
+        self._calls: dict[str, list[ToolCallEvent]] = {}
+        self._results: dict[str, list[ToolResultEvent]] = {}
+        self._unlogged: dict[str, tuple[str, str]] = {}
+        """Tool turns whose log row waits for late results: user input and reply text."""
         self._history: ChatHistory | None = None
         store.writer.submit(SessionStarted(session_id, transport, attributes, key_id=key_id))
 
@@ -163,6 +209,13 @@ class SessionRecorder:
             )
         elif isinstance(event, ReplyEvent):
             self._pending[event.turn_id] = event
+        elif isinstance(event, ToolCallEvent):
+            self._calls.setdefault(event.turn_id, []).append(event)
+        elif isinstance(event, ToolResultEvent):
+            self._results.setdefault(event.turn_id, []).append(event)
+            if event.turn_id in self._unlogged and self._answered(event.turn_id):
+                waiting_input, text = self._unlogged.pop(event.turn_id)
+                self._log_tools(event.turn_id, waiting_input, text)
         elif isinstance(event, MetricsEvent):
             reply = self._pending.pop(event.turn_id, None)
             if reply is None:
@@ -185,7 +238,15 @@ class SessionRecorder:
             # caller spoke in pieces are merged into one input).
             user_input = " ".join(self._inputs.values()) if self._inputs else None
             self._inputs.clear()
-            if user_input is not None:
+            if user_input is None:
+                self._calls.pop(reply.turn_id, None)  # nothing to log the calls against
+                self._results.pop(reply.turn_id, None)
+            elif reply.turn_id in self._calls:
+                if self._answered(reply.turn_id):
+                    self._log_tools(reply.turn_id, user_input, reply.text)
+                else:  # a round the caller interrupted still runs its actions
+                    self._unlogged[reply.turn_id] = (user_input, reply.text)
+            else:
                 action = "reply_interrupted" if reply.interrupted else "reply"
                 writer.submit(InteractionLogged(self.session_id, user_input, reply.text, action))
             if self._history is not None:
@@ -202,6 +263,16 @@ class SessionRecorder:
             )
         elif isinstance(event, ErrorEvent):
             writer.submit(SessionErrored(self.session_id))
+
+    def _answered(self, turn_id: str) -> bool:
+        done = {r.call_id for r in self._results.get(turn_id, ())}
+        return all(c.call_id in done for c in self._calls.get(turn_id, ()))
+
+    def _log_tools(self, turn_id: str, user_input: str, text: str) -> None:
+        calls = self._calls.pop(turn_id, [])
+        results = self._results.pop(turn_id, [])
+        raw, action = tool_interaction(text, calls, results)
+        self._store.writer.submit(InteractionLogged(self.session_id, user_input, raw, action))
 
     def ended(self, reason: str | None = None) -> None:
         """The call is over (``reason``: its hang-up cause)."""

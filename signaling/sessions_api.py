@@ -19,14 +19,16 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel, Field
 
-from signaling.access import AccessError, guard
+from signaling.access import AccessError, Principal, guard
 from signaling.openapi import error_responses
 from signaling.state import ApiError, AppState, State
 from signaling.tokens import bearer
 from signaling.usage import UsageTotals
 from store.models import VoiceSession
 from store.repositories import SessionCursor
+from store.users import USER_ID_MAX
 
 router = APIRouter(prefix="/v1/sessions")
 
@@ -125,19 +127,62 @@ async def list_sessions(
     }
 
 
-@router.post("", status_code=201, responses=error_responses(401, 403, 413, 429, 503))
+class SessionIn(BaseModel):
+    """Body of ``POST /v1/sessions`` (optional)."""
+
+    user_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=USER_ID_MAX,
+        description="The user the session belongs to (an admin credential only): its calls "
+        "and chats act on that user's platform accounts.",
+    )
+
+
+async def _session_user(
+    st: AppState, principal: Principal, body: SessionIn | None, earlier: str | None
+) -> str | None:
+    """Whom a new session belongs to: the user an admin names, or the user of the earlier
+    session whose token is presented (None: an anonymous session)."""
+    named = body.user_id if body is not None else None
+    if named is not None and earlier is not None:
+        raise ApiError(400, "bad_request", "name a user_id or present a session token, not both")
+    if named is not None:
+        if not principal.allows("admin"):
+            raise AccessError("only an admin credential names a session's user", 403)
+        await st.store.users.ensure(named)
+        return named
+    if earlier is not None:
+        return await st.store.users.of_session(st.tokens.session_of(earlier))
+    return None
+
+
+@router.post("", status_code=201, responses=error_responses(400, 401, 403, 409, 413, 429, 503))
 async def create_session(
-    request: Request, st: State, authorization: Annotated[str | None, Header()] = None
+    request: Request,
+    st: State,
+    body: SessionIn | None = None,
+    authorization: Annotated[str | None, Header()] = None,
+    x_session_token: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """Create a session; keep its ``token`` to read it and to attach calls and chats.
 
     Needs an API key with the ``calls`` scope where keys are required; rate
     limited per client address and per key (429).
+
+    A returning user's new session finds their platform accounts in one of two
+    ways: ``X-Session-Token`` carries the token of one of their earlier sessions
+    (the new session belongs to that session's user), or an admin credential
+    names the user in the body's ``user_id``. ``user_id`` in the answer is the
+    session's user (null: anonymous until it links an account).
     """
     principal = await guard(st, request, authorization, bucket="create")
+    user_id = await _session_user(st, principal, body, x_session_token)
     out = new_session(st)
     await st.store.sessions.create(out["id"], transport="none", key_id=principal.key_id)
-    return out
+    if user_id is not None and not await st.store.users.attach(out["id"], user_id):
+        raise ApiError(409, "session_conflict", "the new session could not be given its user")
+    return {**out, "user_id": user_id}
 
 
 @router.get("/{session_id}", responses=error_responses(401, 403, 404, 503))

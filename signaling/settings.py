@@ -12,6 +12,8 @@ from limits import parse_many
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from signaling.platform_settings import OAuthClientSettings, SoundCloudSettings, SpotifySettings
+
 
 class IceServer(BaseModel):
     """A STUN or TURN server as the browser's RTCIceServer expects it."""
@@ -125,11 +127,23 @@ class ServerSettings(BaseSettings):
     sip_no_rtp_timeout_s: float = Field(30.0, gt=0)
     """A SIP call whose caller sent no RTP for this long is hung up."""
 
+    spotify: SpotifySettings = Field(default_factory=SpotifySettings)
+    """Spotify's OAuth client and endpoints (``PARLEY_SPOTIFY_*``, see
+    ``signaling.platform_settings``)."""
+    soundcloud: SoundCloudSettings = Field(default_factory=SoundCloudSettings)
+    """SoundCloud's OAuth client and endpoints (``PARLEY_SOUNDCLOUD_*``)."""
+    oauth_state_ttl_s: int = Field(600, ge=60, le=3600)
+    """How long a platform login may take between ``/login`` and ``/callback``."""
+
     sip_echo_cancel: bool = True
     """Cancel the echo of phone callers on a speakerphone (WebRTC's canceller). Measured
     trade-off: with it, a caller on a handset (no echo) is heard less well while the agent
     talks, so barge-in is slower and sometimes missed; without it, a speakerphone's echo
     makes the agent interrupt itself. See bench/results for the figures."""
+
+    def platforms(self) -> dict[str, OAuthClientSettings]:
+        """Every known platform's OAuth settings by name (configured or not)."""
+        return {"spotify": self.spotify, "soundcloud": self.soundcloud}
 
     def sip_endpoint(self) -> tuple[str, int] | None:
         """``sip_listen`` as ``(host, port)``; None when SIP is off."""

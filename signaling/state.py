@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from agent.config import AgentConfig
 from agent.runtime import AgentModels
+from agent.tools import ToolRegistry
 from signaling.access import AccessControl
 from signaling.calls import CallManager
 from signaling.metrics import ServerMetrics
@@ -23,6 +24,9 @@ from store.store import Store
 if TYPE_CHECKING:
     from media.sip.server import SipServer
     from signaling.jobs import JobRunner
+    from signaling.livekit_rooms import LiveKitRooms
+    from signaling.music import Music
+    from signaling.platforms import Platforms
 
 
 class ApiError(Exception):
@@ -60,6 +64,14 @@ class AppState:
     """The SIP server, when ``PARLEY_SIP_LISTEN`` is not off."""
     jobs: JobRunner | None = None
     """The periodic jobs (memory trim; store purge and retention on worker 0)."""
+    livekit: LiveKitRooms | None = None
+    """Caller tokens for LiveKit rooms, when ``LIVEKIT_URL`` and its key and secret are set."""
+    platforms: Platforms | None = None
+    """Music platforms: OAuth clients, users' access tokens, ``on_connected`` hooks."""
+    music: Music | None = None
+    """Music adapters, the tiered search, the library sync and the music tools."""
+    tools: ToolRegistry | None = None
+    """The agent's tools (YAML HTTP tools, music tools), as calls and chats offer them."""
 
 
 def state_of(request: Request) -> AppState:

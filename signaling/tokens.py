@@ -7,13 +7,10 @@ restart and every worker sharing the data directory accepts the others'.
 
 from __future__ import annotations
 
-import contextlib
-import errno
+import hashlib
+import hmac
 import logging
-import os
 import secrets
-import stat
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,19 @@ from pathlib import Path
 import jwt
 from pydantic import SecretStr
 
+from store.secret_file import SecretFileError, load_or_create
+
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "SECRET_FILE",
+    "Grant",
+    "SecretFileError",
+    "TokenError",
+    "TokenService",
+    "bearer",
+    "load_or_create_secret",
+]
 
 ISSUER = "parley"
 SECRET_FILE = "jwt_secret"
@@ -46,101 +55,25 @@ class Grant:
     expires_at: int
 
 
-class SecretFileError(Exception):
-    """The key file in the data directory cannot be used safely (the message says why)."""
-
-
 def load_or_create_secret(data_dir: Path) -> str:
     """The token key kept in ``data_dir``, generated on first use.
 
-    Creation is atomic and never overwrites: the key is written to a private
-    temporary file (mode 0600) and hard-linked into place, so concurrent
-    workers starting together all end up with the first one's key and no
-    reader ever sees a partial file. A key file readable by other users is
+    See ``store.secret_file.load_or_create``: created atomically with mode
+    0600 and never overwritten, so concurrent workers starting together all
+    end up with the first one's key. A key file readable by other users is
     made 0600 (with a warning: the key may have leaked; delete the file to
     rotate it). A key file owned by another user, a symbolic link or one
     holding fewer than 32 bytes is refused with ``SecretFileError``.
     """
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = data_dir / SECRET_FILE
-    with contextlib.suppress(FileNotFoundError):
-        return _read_secret(path)
-    _publish_secret(path, secrets.token_urlsafe(48))
-    return _read_secret(path)
-
-
-def _publish_secret(path: Path, secret: str) -> None:
-    """Create ``path`` holding ``secret`` unless it exists; never a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{SECRET_FILE}.", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(secret + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # atomic; fails if another process published first
-        except FileExistsError:
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-            _create_exclusive(path, secret)  # a file system without hard links
-        with contextlib.suppress(OSError):  # make the new name durable (POSIX)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _create_exclusive(path: Path, secret: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(secret + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read_secret(path: Path) -> str:
-    """Read the key file, checking its owner, type and mode (``FileNotFoundError`` if none)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SecretFileError(f"{path} is a symbolic link; refusing to use it") from exc
-        raise
-    with os.fdopen(fd, "r", encoding="ascii", errors="replace") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SecretFileError(f"{path} is not a regular file")
-        getuid = getattr(os, "getuid", None)
-        if getuid is not None and info.st_uid != getuid():
-            raise SecretFileError(
-                f"{path} belongs to another user (uid {info.st_uid}); refusing to use it"
-            )
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            os.chmod(f.fileno(), 0o600)
-            log.warning(
-                "%s was accessible to other users (mode %03o); it is now 0600. The token key "
-                "may have leaked: delete the file and restart to rotate it (issued tokens "
-                "then stop working).",
-                path,
-                mode,
-            )
-        secret = f.read().strip()
-    if len(secret.encode()) < MIN_SECRET_BYTES:
-        raise SecretFileError(
-            f"{path} holds no usable key (fewer than {MIN_SECRET_BYTES} bytes); "
-            "delete it to generate a new one"
-        )
-    return secret
+    return load_or_create(
+        data_dir / SECRET_FILE,
+        lambda: secrets.token_urlsafe(48),
+        min_bytes=MIN_SECRET_BYTES,
+        leaked_hint=(
+            "The token key may have leaked: delete the file and restart to rotate it "
+            "(issued tokens then stop working)."
+        ),
+    )
 
 
 class TokenService:
@@ -179,6 +112,21 @@ class TokenService:
         claims = self._decode(token)
         if claims.get("session") != session_id:
             raise TokenError("token is not valid for this session", 403)
+
+    def session_of(self, token: str | None) -> str:
+        """The session a session token owns: 401 if it is missing, invalid or expired,
+        403 if it is a valid token of another kind (a room's join token)."""
+        session = self._decode(token).get("session")
+        if not isinstance(session, str) or not session:
+            raise TokenError("a session token is required", 403)
+        return session
+
+    def subkey(self, purpose: str) -> bytes:
+        """A key for another signing purpose (e.g. OAuth ``state``), derived from the token
+        key so that it never verifies join or session tokens and the key never leaves."""
+        return hmac.new(
+            self._secret.encode(), f"parley/{purpose}".encode(), hashlib.sha256
+        ).digest()
 
     def _decode(self, token: str | None) -> dict[str, object]:
         if not token:

@@ -42,13 +42,39 @@ class ChatIn(BaseModel):
     session_id: str | None = Field(None, max_length=64)
 
 
+class ActionResultOut(BaseModel):
+    """The last action a turn's tools completed."""
+
+    tool: str = Field(description="The tool that acted (``play_track``, an HTTP tool).")
+    action: str = Field(description="What it did (``play``, ``pause``, ``like``, ...).")
+    data: dict[str, Any] = Field(
+        description="Its result: for the music tools the platform and the track or "
+        "playlist, and the search tier that found it."
+    )
+
+
+class ChatOut(BaseModel):
+    """The answer of ``POST /v1/chat/text``."""
+
+    session_id: str
+    session_token: str | None = Field(description="A new session's token (null: continued).")
+    reply: str
+    action_result: ActionResultOut | None = Field(
+        description="The last action the turn completed (null: none)."
+    )
+
+
 class TtsIn(BaseModel):
     """Body of ``POST /v1/voice/tts``."""
 
     text: str = Field(..., min_length=1, max_length=2000)
 
 
-@router.post("/chat/text", responses=error_responses(400, 401, 403, 413, 429, 502, 503))
+@router.post(
+    "/chat/text",
+    response_model=ChatOut,
+    responses=error_responses(400, 401, 403, 413, 429, 502, 503),
+)
 async def chat_text(
     body: ChatIn,
     request: Request,
@@ -60,17 +86,26 @@ async def chat_text(
     Without ``session_id`` a new session starts (an API key with the ``calls``
     scope where keys are required) and its token is returned; to continue a
     session (text or voice), pass its id and its token as Bearer.
+
+    The agent may call its tools first, as on a call (``tools`` in its YAML,
+    the music tools); ``action_result`` is the last action the turn completed,
+    ``{"tool", "action", "data"}``, or null.
     """
     token: str | None = None
     if body.session_id is not None:
         await st.limits.hit("chat", address=st.limits.client_address(request))
         st.tokens.verify_session(bearer(authorization), body.session_id)
-        session_id, reply = await st.chats.reply(body.text, body.session_id)
+        answer = await st.chats.reply(body.text, body.session_id)
     else:
         principal = await guard(st, request, authorization, bucket="chat")
-        session_id, reply = await st.chats.reply(body.text, key_id=principal.key_id)
-        token = st.tokens.mint_session(session_id)[0]
-    return {"session_id": session_id, "session_token": token, "reply": reply}
+        answer = await st.chats.reply(body.text, key_id=principal.key_id)
+        token = st.tokens.mint_session(answer.session_id)[0]
+    return {
+        "session_id": answer.session_id,
+        "session_token": token,
+        "reply": answer.reply,
+        "action_result": answer.action_result,
+    }
 
 
 _STT_BODY = raw_body(

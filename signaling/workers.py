@@ -12,7 +12,8 @@ or WebSocket. What the workers must agree on is shared:
 
 - the store (SQLite file in WAL mode or PostgreSQL) and its hot tier (Redis
   when ``REDIS_URL`` is set): sessions, turns, rooms, API keys;
-- the token key (``PARLEY_JWT_SECRET`` or the key file in the data directory);
+- the token key (``PARLEY_JWT_SECRET`` or the key file in the data directory) and
+  the platform-token encryption key (``PARLEY_TOKEN_KEY`` or its key file);
 - the call ledger (``signaling.ledger``: a file for one machine, Redis for
   many): the server-wide call cap, per-key quotas, room listings, hang-ups;
 - rate limits (in Redis when ``REDIS_URL`` is set; per worker otherwise).
@@ -46,6 +47,7 @@ import uvicorn
 
 from signaling.settings import ServerSettings
 from signaling.tokens import load_or_create_secret
+from store.crypto import load_or_create_key
 from store.settings import StoreSettings
 from store.store import Store
 
@@ -95,12 +97,16 @@ def uvicorn_config(app: Any, settings: ServerSettings, options: ServeOptions) ->
 
 
 def prepare_shared_state(settings: ServerSettings, store_settings: StoreSettings) -> None:
-    """What must exist once before several workers start: the schema and the token key.
+    """What must exist once before several workers start: the schema and the token keys.
 
-    Migrating here keeps N workers from racing to migrate the same database.
+    Migrating here keeps N workers from racing to migrate the same database; the
+    join-token key and the platform-token encryption key (``store.crypto``) are
+    generated here, when the environment names none, so every worker reads the same.
     """
     if settings.jwt_secret is None:
         load_or_create_secret(store_settings.data_dir)
+    if store_settings.token_key is None:
+        load_or_create_key(store_settings.data_dir)
 
     async def migrate() -> None:
         store = await Store.open(store_settings)

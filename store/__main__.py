@@ -4,7 +4,10 @@
 - ``keys create --name NAME --scopes calls[,admin] [--max-calls N]``: create an
   API key and print it (on stdout, once: only its hash is stored);
 - ``keys list``: every key (id, name, scopes, quota, last use, revocation);
-- ``keys revoke ID``: revoke a key (every worker refuses it within seconds).
+- ``keys revoke ID``: revoke a key (every worker refuses it within seconds);
+- ``tokens reencrypt``: rewrite the stored platform tokens with the first key of
+  ``PARLEY_TOKEN_KEY`` (after listing a new key first; the old ones may then go);
+- ``tokens generate-key``: print a new key for ``PARLEY_TOKEN_KEY``.
 
 The store is the one ``DATABASE_URL`` / ``PARLEY_DATA_DIR`` name, as for the server.
 """
@@ -21,7 +24,9 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.apikeys import SCOPES, ApiKeyError, ApiKeyRepository, KeyInfo
+from store.crypto import TokenCipher, TokenCryptoError, generate_key
 from store.db import ensure_schema, make_engine, migrate, sessionmaker
+from store.platform_accounts import PlatformAccountRepository
 from store.settings import StoreSettings
 
 
@@ -88,6 +93,32 @@ async def _keys(args: argparse.Namespace) -> int:
         return 0
 
 
+async def _reencrypt() -> int:
+    settings = StoreSettings()
+    try:
+        cipher = TokenCipher.from_config(
+            settings.token_key.get_secret_value() if settings.token_key else None,
+            settings.data_dir,
+        )
+    except TokenCryptoError as exc:
+        print(f"store: {exc}", file=sys.stderr)
+        return 2
+    async with _engine(settings) as engine:
+        if settings.should_migrate():
+            await migrate(engine)
+        accounts = PlatformAccountRepository(sessionmaker(engine), cipher)
+        try:
+            count = await accounts.reencrypt()
+        except TokenCryptoError as exc:
+            print(f"store: {exc}", file=sys.stderr)
+            return 1
+    print(
+        f"store: {count} platform accounts re-encrypted with key {cipher.key_ids[0]}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(
@@ -110,9 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     key_commands.add_parser("list", help="list every key (never a secret)")
     revoke = key_commands.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id", help="the key's id (the part after pk_)")
+    tokens = commands.add_parser("tokens", help="platform tokens encrypted at rest")
+    token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
+    token_commands.add_parser(
+        "reencrypt", help="rewrite stored tokens with the first key of PARLEY_TOKEN_KEY"
+    )
+    token_commands.add_parser("generate-key", help="print a new key for PARLEY_TOKEN_KEY")
     args = parser.parse_args(argv)
     if args.command == "keys":
         return asyncio.run(_keys(args))
+    if args.command == "tokens":
+        if args.tokens_command == "generate-key":
+            print(generate_key())
+            return 0
+        return asyncio.run(_reencrypt())
     asyncio.run(_migrate())
     print("store: schema is up to date", file=sys.stderr)
     return 0

@@ -43,6 +43,37 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     display_name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    preferred_platform: Mapped[str | None] = mapped_column(String(32))
+    """The music platform the agent acts on when a request names none (``spotify``...)."""
+
+
+class PlatformAccount(Base):
+    """A user's linked account on a third-party platform, with its OAuth tokens encrypted
+    (``store.crypto``: Fernet under ``PARLEY_TOKEN_KEY``); never a plaintext token."""
+
+    __tablename__ = "platform_accounts"
+    __table_args__ = (
+        UniqueConstraint("user_id", "platform", name="uq_platform_accounts_user_platform"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    access_token: Mapped[bytes] = mapped_column(LargeBinary)
+    """The access token, encrypted."""
+    refresh_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The refresh token, encrypted (None: the platform issued none)."""
+    expires_at: Mapped[dt.datetime | None]
+    """When the access token expires (None: the platform did not say)."""
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    """What is known of the account on the platform (its user id, display name...)."""
+    status: Mapped[str] = mapped_column(String(16), default="connected")
+    """``connected``, or ``disconnected`` (its refresh was refused: link it again)."""
+    last_sync_at: Mapped[dt.datetime | None]
+    """When the user's library was last copied from the platform."""
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class ApiKey(Base):
@@ -193,3 +224,54 @@ class TtsAudio(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     """Last time the phrase was served or stored (refreshed in batches, write-behind)."""
+
+
+class LibraryTrack(Base):
+    """A track of a user's library on a platform (liked songs), copied by the library sync.
+
+    ``search_text`` is the normalized ``"name artists"`` between spaces
+    (``store.library.music_key``), so a spoken query matches whole words with
+    ``LIKE '% word %'`` inside the user's rows; ``name_key`` is the normalized
+    name alone (ranking: a query that names the whole title wins).
+    """
+
+    __tablename__ = "library_tracks"
+    __table_args__ = (Index("ix_library_tracks_search", "user_id", "platform", "search_text"),)
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    uri: Mapped[str] = mapped_column(String(256))
+    name: Mapped[str] = mapped_column(String(512))
+    artists: Mapped[list[str]] = mapped_column(JSON)
+    album: Mapped[str | None] = mapped_column(String(512))
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    name_key: Mapped[str] = mapped_column(String(512))
+    search_text: Mapped[str] = mapped_column(String(1024))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    """Order in the platform's list (0: most recently liked)."""
+    synced_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LibraryPlaylist(Base):
+    """A playlist of a user on a platform, copied by the library sync."""
+
+    __tablename__ = "library_playlists"
+    __table_args__ = (Index("ix_library_playlists_name", "user_id", "platform", "name_key"),)
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    uri: Mapped[str] = mapped_column(String(256))
+    name: Mapped[str] = mapped_column(String(512))
+    name_key: Mapped[str] = mapped_column(String(512))
+    """The normalized name between spaces (``store.library.music_key``)."""
+    track_count: Mapped[int | None] = mapped_column(Integer)
+    owned: Mapped[bool] = mapped_column(Boolean, default=True)
+    """Whether the user may add tracks to it."""
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    synced_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from store.retention import DAY_S, RetentionPolicy
@@ -19,7 +19,11 @@ class StoreSettings(BaseSettings):
     (default ``./data``) and an in-process LRU cache.
     """
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,  # a rejected value may be a secret: never echo it
+    )
 
     database_url: str | None = Field(None, alias="DATABASE_URL")
     redis_url: str | None = Field(None, alias="REDIS_URL")
@@ -55,6 +59,11 @@ class StoreSettings(BaseSettings):
     """PostgreSQL schema to use (created if missing); default: the server's search path."""
     auto_migrate: bool | None = Field(None, alias="PARLEY_AUTO_MIGRATE")
     """None: migrate automatically in embedded mode (SQLite) only."""
+    token_key: SecretStr | None = Field(None, alias="PARLEY_TOKEN_KEY")
+    """Fernet keys that encrypt platform tokens at rest, comma-separated: the first
+    encrypts, all decrypt (rotation: list a new key first, then re-encrypt). Unset: a
+    key generated once in ``PARLEY_DATA_DIR/token_key`` (mode 0600); servers on several
+    machines must share one key list here instead (``store.crypto``)."""
 
     @field_validator("retention_days", mode="before")
     @classmethod

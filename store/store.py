@@ -12,14 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from store.apikeys import ApiKeyRepository
 from store.cache import HotCache, MemoryCache, RedisCache
+from store.crypto import TokenCipher
 from store.db import ensure_schema, make_engine, migrate, sessionmaker
+from store.library import LibraryRepository
 from store.phrases import PhraseAudioCache
+from store.platform_accounts import PlatformAccountRepository
 from store.repositories import CacheRepository, SessionRepository, TtsAudioRepository
 from store.retention import Retention
 from store.rooms import RoomRepository
 from store.session_state import SessionStateStore
 from store.settings import StoreSettings
 from store.tiered import TieredCache
+from store.users import UserRepository
 from store.writer import TurnWriter
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,12 @@ class Store:
     """API keys (hashed), with a short per-process cache."""
     rooms: RoomRepository
     """Rooms, shared by every worker."""
+    users: UserRepository
+    """Users and their preferences (the sessions that name them)."""
+    accounts: PlatformAccountRepository
+    """Users' platform accounts, their tokens encrypted (``store.crypto``)."""
+    library: LibraryRepository
+    """Users' music libraries copied from the platforms (liked tracks, playlists)."""
 
     @classmethod
     async def open(
@@ -63,6 +73,11 @@ class Store:
         settings = settings or StoreSettings()
         if settings.embedded:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # First: a wrong PARLEY_TOKEN_KEY stops the server before it serves anything.
+        cipher = TokenCipher.from_config(
+            settings.token_key.get_secret_value() if settings.token_key else None,
+            settings.data_dir,
+        )
         args = dict(engine_args or {})
         if settings.db_schema and not settings.embedded:
             args["server_settings"] = {"search_path": settings.db_schema}
@@ -112,6 +127,9 @@ class Store:
             writer=writer,
             keys=ApiKeyRepository(db),
             rooms=RoomRepository(db),
+            users=UserRepository(db),
+            accounts=PlatformAccountRepository(db, cipher),
+            library=LibraryRepository(db),
         )
         writer.start()
         phrases.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,18 @@ class CacheStats:
     sql_errors: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class CacheLookup:
+    """One lookup: the value, the tier that answered it, and each tier's time."""
+
+    value: dict[str, Any] | None
+    tier: str | None
+    """``"hot"``, ``"sql"``, or None (a miss in both)."""
+    hot_s: float
+    sql_s: float | None
+    """None when the hot tier answered (the SQL tier was not asked)."""
+
+
 class TieredCache:
     """JSON values by (namespace, normalized key) over a hot and a SQL tier."""
 
@@ -48,28 +61,44 @@ class TieredCache:
 
     async def get(self, namespace: str, raw_key: str) -> dict[str, Any] | None:
         """Look a value up in the hot tier, then the SQL tier."""
-        norm = normalize_key(raw_key)
+        return (await self.lookup(namespace, raw_key)).value
+
+    async def lookup(
+        self, namespace: str, raw_key: str, *, normalized: bool = False
+    ) -> CacheLookup:
+        """Like ``get``, saying which tier answered and how long each took.
+
+        ``normalized``: ``raw_key`` is already a canonical key (a caller with a
+        normalization of its own, such as ``store.library.music_key``).
+        """
+        norm = raw_key if normalized else normalize_key(raw_key)
         hot_key = f"cache:{namespace}:{norm}"
+        started = time.perf_counter()
         cached = await self.hot.get(hot_key)
+        hot_s = time.perf_counter() - started
         if cached is not None:
             self.stats.hot_hits += 1
             value: dict[str, Any] = json.loads(cached)
-            return value
+            return CacheLookup(value, "hot", hot_s, None)
+        started = time.perf_counter()
         try:
             stored = await self.sql.get(namespace, norm)
         except (SQLAlchemyError, OSError) as exc:
             self.stats.sql_errors += 1
             log.warning("cache SQL tier unavailable: %s", type(exc).__name__)
             stored = None
+        sql_s = time.perf_counter() - started
         if stored is not None:
             self.stats.sql_hits += 1
             await self.hot.set(hot_key, json.dumps(stored).encode(), self.ttl_s)
-            return stored
-        return None
+            return CacheLookup(stored, "sql", hot_s, sql_s)
+        return CacheLookup(None, None, hot_s, sql_s)
 
-    async def put(self, namespace: str, raw_key: str, value: dict[str, Any]) -> None:
+    async def put(
+        self, namespace: str, raw_key: str, value: dict[str, Any], *, normalized: bool = False
+    ) -> None:
         """Write a value to both tiers (a SQL failure is logged, not raised)."""
-        norm = normalize_key(raw_key)
+        norm = raw_key if normalized else normalize_key(raw_key)
         await self.hot.set(f"cache:{namespace}:{norm}", json.dumps(value).encode(), self.ttl_s)
         try:
             await self.sql.put(namespace, norm, value, self.ttl_s)

@@ -97,7 +97,9 @@ class ScriptedLLM:
     """An ``LLM`` that streams scripted replies, one per request, in order.
 
     After the script runs out the last reply repeats. ``gate`` is set by
-    default; clear it to hold every stream before its next token. Failures:
+    default; clear it to hold every stream before its next token.
+    ``first_token_delay`` sleeps before each reply's first token (a model's
+    time to first token), ``token_delay`` before every token. Failures:
     ``fail_at_token`` raises ``error`` before that token of every reply;
     ``fail_next()`` does it for the next request only.
     """
@@ -109,6 +111,7 @@ class ScriptedLLM:
         replies: Sequence[Reply] = ("Okay.",),
         *,
         token_delay: float = 0.0,
+        first_token_delay: float = 0.0,
         fail_at_token: int | None = None,
         error: Exception | None = None,
         model: str = "scripted-llm",
@@ -118,6 +121,7 @@ class ScriptedLLM:
         self.model = model
         self.replies = list(replies)
         self.token_delay = token_delay
+        self.first_token_delay = first_token_delay
         self.fail_at_token = fail_at_token
         self.error = error
         self.gate = asyncio.Event()
@@ -171,6 +175,8 @@ class ScriptedLLM:
                 if fail_at is not None and i >= fail_at:
                     break
                 await self.gate.wait()
+                if i == 0 and self.first_token_delay:
+                    await asyncio.sleep(self.first_token_delay)
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay)
                 self.tokens_sent += 1

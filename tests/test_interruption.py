@@ -146,3 +146,15 @@ def test_settings_are_validated() -> None:
         InterruptionSettings(min_speech_ms=-1)
     with pytest.raises(ValueError, match="> 0"):
         InterruptionSettings(false_interruption_timeout_ms=0)
+
+
+def test_min_speech_zero_pauses_at_the_vad_onset_and_noise_resumes() -> None:
+    c = controller(min_speech_ms=0)
+    # the onset itself pauses (no hold): the stop time loses the min_speech_ms part
+    assert c.speech_started(2.0, 2.064) == [PAUSE]
+    assert phase(c) is BargeInPhase.PAUSED
+    c.speech_paused(2.2)
+    assert c.advance(3.1) == []
+    # no words within false_interruption_timeout_ms: the reply goes on where it paused
+    assert c.advance(3.2) == [RESUME]
+    assert phase(c) is BargeInPhase.IDLE

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import threading
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from agent.errors import ProviderError
+from agent.errors import InputTooLongError, ProviderError
 from agent.llm import (
     LLM,
     ChatMessage,
@@ -327,17 +328,24 @@ async def test_llama_answers_a_history_with_tool_calls(llama: LlamaLLM) -> None:
         ChatMessage("tool", "10:30", tool_call_id="call_1", name="get_time"),
     ]
     spec = ToolSpec("get_time", "The current time.")
-    assert llama.supports_tools is False
+    assert llama.supports_tools is True
     deltas = [
         d
         async for d in llama.stream(
             history, GenerationSettings(max_tokens=24, temperature=0.0), [spec]
         )
     ]
-    # text only (the local model ignores tools), then one usage report of its own
-    *text, usage = deltas
-    assert text and all(isinstance(d, TextDelta) for d in text)
-    assert usage == UsageDelta("local", llama.model, 0, len(text))
+    # words or a call of the offered tool (a grammar constrains it), then one usage report
+    *answer, usage = deltas
+    assert answer
+    calls = [d for d in answer if isinstance(d, ToolCallDelta)]
+    if calls:
+        assert len(answer) == 1 and calls[0].name == "get_time"
+        assert json.loads(calls[0].arguments) == {}
+    else:
+        assert all(isinstance(d, TextDelta) for d in answer)
+    assert isinstance(usage, UsageDelta) and usage.provider == "local"
+    assert usage.model == llama.model and usage.completion_tokens >= len(answer)
     assert llama.model.startswith("SmolLM2")
 
 
@@ -546,3 +554,21 @@ async def test_fake_models_close_every_provider() -> None:
     for provider in (models.llm, models.stt, models.tts):
         assert getattr(provider, "closed", False)
     assert models.vad_executor.closed
+
+
+async def test_llama_drops_the_oldest_turns_to_fit_its_context(llama: LlamaLLM) -> None:
+    """A history longer than the context is answered from its latest turns; a message that
+    alone does not fit is refused with a typed error, never a generic provider failure."""
+    long_turn = "tell me about the weather in the mountains and the sea " * 40  # ~480 tokens
+    history = [ChatMessage("system", "You are brief.")]
+    for n in range(8):  # ~8 x 2 x 480 tokens: four times the 2,048 of the context
+        history += [ChatMessage("user", f"{n} {long_turn}"), ChatMessage("assistant", long_turn)]
+    history.append(ChatMessage("user", "Say hello."))
+    settings = GenerationSettings(max_tokens=8, temperature=0.0)
+    deltas = [d async for d in llama.stream(history, settings)]
+    assert any(isinstance(d, TextDelta) and d.text.strip() for d in deltas)
+
+    too_long = [ChatMessage("system", "You are brief."), ChatMessage("user", long_turn * 6)]
+    with pytest.raises(InputTooLongError) as refused:
+        await drain(llama.stream(too_long, settings), [])
+    assert refused.value.retryable is False and "context" in str(refused.value)

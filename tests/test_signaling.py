@@ -262,3 +262,13 @@ async def test_tts_stops_at_its_audio_bound(
     monkeypatch.undo()
     ok = await client.post("/v1/voice/tts", json={"text": sentences[0]})
     assert ok.status_code == 200
+
+
+async def test_chat_input_too_long_for_the_model_is_413(client: httpx.AsyncClient) -> None:
+    """Within the API's 4,000 characters but past the local model's 2,048-token context
+    (single digits tokenize one by one): the client's fault, so 413, not a 5xx."""
+    digits = " ".join(str(n % 10) for n in range(2000))
+    r = await client.post("/v1/chat/text", json={"text": digits})
+    assert r.status_code == 413 and r.json()["error"] == "input_too_long"
+    ok = await client.post("/v1/chat/text", json={"text": "Hello there!"})
+    assert ok.status_code == 200 and ok.json()["reply"]

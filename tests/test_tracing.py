@@ -223,7 +223,11 @@ async def test_turn_spans_reach_the_collector(
     assert _ms(c["stt.final"]) >= 55  # the fake STT's 60 ms
     assert _ms(c["llm.first_token"]) >= 15 and _ms(c["tts.first_audio"]) >= 25
     assert attributes(c["stt.final"].attributes)["parley.provider"] == "local"
-    assert c["llm.first_token"].start_time_unix_nano >= c["stt.final"].end_time_unix_nano
+    # the reply started on the pause's speculative transcript (turn.preemptive_reply), while
+    # the end of turn was still pending; its audio waited for the turn to end
+    assert voice.metrics["preemptive"]
+    assert c["llm.first_token"].start_time_unix_nano < c["vad.end_of_turn"].end_time_unix_nano
+    assert c["playout.first_audio"].end_time_unix_nano >= c["vad.end_of_turn"].end_time_unix_nano
     assert c["tts.first_audio"].start_time_unix_nano >= c["llm.first_token"].end_time_unix_nano
     assert c["playout.first_audio"].start_time_unix_nano == c["tts.first_audio"].end_time_unix_nano
     # never a word of the conversation

@@ -21,14 +21,20 @@ def speaking(pcm16k: PCM | None = None) -> CallerPeer:
 
 
 async def connect(
-    peer: CallerPeer, client: httpx.AsyncClient, room: dict[str, Any]
+    peer: CallerPeer,
+    client: httpx.AsyncClient,
+    room: dict[str, Any],
+    session: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Offer, post to the room, apply the answer; returns the JSON answer."""
-    r = await client.post(
-        f"/v1/rooms/{room['id']}/offer",
-        json={"sdp": await peer.offer(), "type": "offer"},
-        headers={"Authorization": f"Bearer {room['token']}"},
-    )
+    """Offer, post to the room, apply the answer; returns the JSON answer.
+
+    ``session`` (its id and token) makes the call continue that session.
+    """
+    body: dict[str, Any] = {"sdp": await peer.offer(), "type": "offer"}
+    headers = {"Authorization": f"Bearer {room['token']}"}
+    if session is not None:
+        body["session_id"], headers["X-Session-Token"] = session
+    r = await client.post(f"/v1/rooms/{room['id']}/offer", json=body, headers=headers)
     assert r.status_code == 200, r.text
     answer: dict[str, Any] = r.json()
     await peer.accept(answer["sdp"], answer["type"])

@@ -74,6 +74,17 @@ class Playlist:
     """Whether the user may add tracks to it."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (API responses, tool results)."""
+        return {
+            "platform": self.platform,
+            "id": self.id,
+            "uri": self.uri,
+            "name": self.name,
+            "track_count": self.track_count,
+            "owned": self.owned,
+        }
+
 
 class PlatformError(AgentError):
     """A platform request failed; ``retryable`` when the same request may succeed later."""
@@ -95,10 +106,17 @@ class PlatformError(AgentError):
 
 class NotConnectedError(PlatformError):
     """The user has no usable account on this platform (never linked, revoked, or its
-    refresh was refused: the account is marked disconnected and must be linked again)."""
+    refresh was refused: the account is marked disconnected and must be linked again).
 
-    def __init__(self, platform: str, message: str = "account not connected") -> None:
+    ``relink`` says the user had linked the account and must link it again (the
+    platform refused it); False for an account never linked or removed.
+    """
+
+    def __init__(
+        self, platform: str, message: str = "account not connected", *, relink: bool = False
+    ) -> None:
         super().__init__(platform, message, retryable=False, status=401)
+        self.relink = relink
 
 
 class PlatformAuthError(PlatformError):
@@ -175,7 +193,9 @@ class MusicPlatform(Protocol):
         """Skip to the next track."""
         ...
 
-    async def add_to_playlist(self, user_id: str, playlist: Playlist, tracks: Sequence[Track]) -> None:
+    async def add_to_playlist(
+        self, user_id: str, playlist: Playlist, tracks: Sequence[Track]
+    ) -> None:
         """Append tracks to one of the user's playlists."""
         ...
 

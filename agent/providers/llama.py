@@ -16,31 +16,46 @@ Cancellation never waits for the model:
   model on the worker thread after the running one ends.
 
 Tools: llama.cpp's generic chat handlers only pass ``tools`` into the model's
-chat template and never parse tool calls out of the reply (except for a
-forced ``tool_choice``), and SmolLM2's template ignores them. The local model
-therefore ignores tool specs (``supports_tools`` is False) until
-grammar-constrained tool calls land; tool calls and tool results already in
-the history are rendered as plain text the chat template accepts.
+chat template and never parse tool calls out of the reply, and SmolLM2's
+template ignores them. When tools are offered, the model is told about them
+in the system message and constrained by a grammar generated from their
+schemas, so it always answers with a valid call or with words
+(``agent.providers.llama_tools``); the output is emitted as ``ToolCallDelta``
+/ ``TextDelta``s like the cloud adapters'. Tool calls and tool results already
+in the history are rendered as plain text the chat template accepts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import logging
 import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.errors import ModelLoadError, ProviderError
+from agent.errors import InputTooLongError, ModelLoadError, ProviderError
 from agent.llm import ChatMessage, GenerationSettings, LLMDelta, TextDelta, ToolSpec, UsageDelta
 from agent.providers.executor import ExecutorClosedError, InferenceExecutor
+from agent.providers.llama_tools import (
+    CALL_MAX_TOKENS,
+    ToolFormat,
+    ToolOutput,
+    grammar,
+    tool_prompt,
+)
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "llama"
+TEMPLATE_TOKENS = 8
+"""Tokens a chat template adds around one message (role markers, separators): a margin."""
 
 
 def default_gguf_path() -> Path:
@@ -66,6 +81,16 @@ class LlamaSettings:
     """llama.cpp threads. 1 on a 2-core machine: with 2 its workers spin at
     barriers and collapse whenever STT/TTS run (see shared/models.md)."""
     seed: int = 0
+    tool_format: ToolFormat = "call_or_text"
+    """How a request offering tools is constrained (``agent.providers.llama_tools``)."""
+
+
+def with_tool_prompt(payload: list[dict[str, str]], prompt: str) -> list[dict[str, str]]:
+    """``payload`` with ``prompt`` appended to its system message (one is added if none)."""
+    if payload and payload[0]["role"] == "system":
+        first = {"role": "system", "content": f"{payload[0]['content']}\n\n{prompt}"}
+        return [first, *payload[1:]]
+    return [{"role": "system", "content": prompt}, *payload]
 
 
 def render_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -110,8 +135,8 @@ _DONE = _Done()
 class LlamaLLM:
     """Implements ``agent.llm.LLM`` with llama.cpp's chat completion."""
 
-    supports_tools: bool = False
-    """The local model ignores ``tools`` (see the module doc)."""
+    supports_tools: bool = True
+    """Tools are offered through a grammar (see the module doc)."""
 
     def __init__(self, settings: LlamaSettings | None = None) -> None:
         from llama_cpp import Llama
@@ -142,23 +167,29 @@ class LlamaLLM:
         settings: GenerationSettings,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncGenerator[LLMDelta, None]:
-        """Yield the reply as ``TextDelta``s as llama.cpp produces them.
+        """Yield the reply as ``TextDelta``s as llama.cpp produces them, or one
+        ``ToolCallDelta`` when ``tools`` are offered and the model calls one.
 
-        ``tools`` are ignored by the local model (``supports_tools`` is False).
         Raises ``ProviderError`` when generation fails, and
         ``ExecutorClosedError`` (a ``ProviderError``) when the model is closed
         before or during the request.
         """
         if self._closed:
             raise ExecutorClosedError(PROVIDER)
-        if tools:
-            log.debug("llama: %d tool specs ignored by the local model", len(tools))
         loop = asyncio.get_running_loop()
         # Unbounded in type, bounded by the request: at most max_tokens pieces
         # and one end marker ever enter it, and the consumer drains it at token rate.
         queue: asyncio.Queue[str | _Done | BaseException] = asyncio.Queue()
         stop = threading.Event()
         payload = render_messages(messages)
+        fmt = self.settings.tool_format
+        output = ToolOutput(tools, fmt) if tools else None
+        constraint = grammar(tools, fmt) if tools else None
+        budget = settings
+        if tools:
+            payload = with_tool_prompt(payload, tool_prompt(tools, fmt))
+            calls_budget = max(settings.max_tokens, CALL_MAX_TOKENS)
+            budget = dataclasses.replace(settings, max_tokens=calls_budget)
 
         def put(piece: str) -> None:
             try:
@@ -169,7 +200,7 @@ class LlamaLLM:
         def work() -> None:
             if stop.is_set():
                 return
-            for piece in self._generate(payload, settings, stop):
+            for piece in self._generate(payload, budget, stop, constraint):
                 put(piece)
 
         job = self._executor.submit(work)
@@ -189,13 +220,23 @@ class LlamaLLM:
                 if isinstance(item, _Done):
                     if stop.is_set():  # close() cut the reply short: not a whole answer
                         raise ExecutorClosedError(PROVIDER)
+                    for delta in output.finish() if output is not None else ():
+                        yield delta
                     # local: no bill; the pieces are llama.cpp's tokens
                     yield UsageDelta("local", self.model, 0, pieces)
                     return
                 if isinstance(item, BaseException):
                     raise item
                 pieces += 1
-                yield TextDelta(item)
+                if output is None:
+                    yield TextDelta(item)
+                    continue
+                for delta in output.feed(item):
+                    yield delta
+                if output.speaking and output.words >= settings.max_tokens:
+                    # words keep the caller's budget (only a call may take more)
+                    yield UsageDelta("local", self.model, 0, pieces)
+                    return
         finally:
             # Never wait for the worker: a queued job is dequeued here and
             # never runs; a running one stops at its next token, before the
@@ -205,10 +246,15 @@ class LlamaLLM:
             self._stops.discard(stop)
 
     def _generate(
-        self, payload: list[dict[str, str]], s: GenerationSettings, stop: threading.Event
+        self,
+        payload: list[dict[str, str]],
+        s: GenerationSettings,
+        stop: threading.Event,
+        constraint: LlamaGrammar | None = None,
     ) -> Iterator[str]:
         """Blocking generation on the worker thread; vendor errors become ``ProviderError``."""
         chunks: Any = None
+        payload = self._fit_context(payload, s.max_tokens)
         try:
             chunks = self._llama.create_chat_completion(
                 messages=payload,  # type: ignore[arg-type]
@@ -218,6 +264,7 @@ class LlamaLLM:
                 top_p=s.top_p,
                 repeat_penalty=s.repeat_penalty,
                 seed=s.seed if s.seed is not None else self.settings.seed,
+                grammar=constraint,
             )
             for chunk in chunks:
                 if stop.is_set():
@@ -232,6 +279,35 @@ class LlamaLLM:
         finally:
             if chunks is not None:
                 chunks.close()
+
+    def _fit_context(self, payload: list[dict[str, str]], max_tokens: int) -> list[dict[str, str]]:
+        """``payload`` without its oldest turns until the prompt and the reply fit ``n_ctx``.
+
+        The system message and the latest message are always kept; when those two
+        alone do not fit, ``InputTooLongError``. Counted on the messages' text plus
+        a margin per message for the chat template's markers (blocking: tokenizes).
+        """
+        budget = self.settings.n_ctx - max_tokens
+
+        def cost(message: dict[str, str]) -> int:
+            text = message["content"].encode("utf-8", "replace")
+            return len(self._llama.tokenize(text, add_bos=False)) + TEMPLATE_TOKENS
+
+        costs = [cost(m) for m in payload]
+        head = 1 if payload and payload[0]["role"] == "system" else 0
+        first = head
+        while sum(costs[:head]) + sum(costs[first:]) > budget:
+            if first >= len(payload) - 1:
+                raise InputTooLongError(
+                    PROVIDER,
+                    f"the message does not fit the model's context of {self.settings.n_ctx} "
+                    "tokens; send a shorter one",
+                )
+            first += 1
+        # a conversation resumes on the caller's words, never on an orphaned reply
+        while first < len(payload) - 1 and payload[first]["role"] == "assistant":
+            first += 1
+        return payload[:head] + payload[first:]
 
     async def aclose(self) -> None:
         """Stop every generation and free the model without waiting for it; idempotent."""

@@ -3,8 +3,9 @@
 ::
 
     .venv/bin/python -m bench.wire
-        [--scenarios v2v,turns,bargein,concurrency,soak,install,sip,cloud]
+        [--scenarios v2v,turns,bargein,concurrency,soak,install,sip,cloud[,pipecat]]
         [--quick] [--config agent.yaml] [--set turn.end_of_turn_silence_ms=450 ...]
+        [--end-of-turn-model smart_turn|none]
         [--levels 1,2,4,8,16] [--cloud-levels 1,5,10,20,30] [--level-seconds 60]
         [--profile] [--out bench/results] [--tag TAG] [--compare earlier.json]
 
@@ -16,7 +17,10 @@ PCMU, again for G.722, and the greeter) and calls them with
 ``bench.wire.sip_phone``. The ``cloud`` scenario starts the loopback cloud
 vendors in a process of their own (``bench.wire.vendors``) and a server
 whose provider chains use them. Results: ``<out>/<date>[-tag].json``,
-``<out>/<date>[-tag].md`` and ``<out>/<date>[-tag]-*.png``. Server logs and
+``<out>/<date>[-tag].md`` and ``<out>/<date>[-tag]-*.png``. The ``pipecat``
+scenario (only when named) asks the v2v questions of the Pipecat reference
+bot (``bench/pipecat_ref``; its venv comes from ``bench/pipecat_ref/install.sh``)
+after the Parley server is done, and the report states Parley's ratio to it. Server logs and
 the raw profile go to a temporary work directory named in the JSON.
 """
 
@@ -42,9 +46,20 @@ import httpx
 import yaml
 
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
+from bench.pipecat_ref.process import PipecatProcess, bot_settings
 from bench.wire import report
 from bench.wire.profiler import Profiler
-from bench.wire.scenarios import bargein, cloud, concurrency, install, sip, soak, turns, v2v
+from bench.wire.scenarios import (
+    bargein,
+    cloud,
+    concurrency,
+    install,
+    pipecat,
+    sip,
+    soak,
+    turns,
+    v2v,
+)
 from bench.wire.scenarios.common import BenchContext, log
 from bench.wire.scenarios.concurrency import Level
 from bench.wire.server import Monitor, ServerError, ServerProcess, read_tree
@@ -64,6 +79,8 @@ from bench.wire.vendors import VendorError, VendorLatencies, VendorProcess
 SCENARIOS = ("v2v", "turns", "bargein", "concurrency", "soak", "install", "sip", "cloud")
 PARTS = ("sip-greeter",)
 """Parts of a scenario that can be run alone: ``sip-greeter`` is SIP barge-in and echo."""
+REFERENCES = ("pipecat",)
+"""Other servers asked the same questions, run only when named (``pipecat``: its own venv)."""
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -140,7 +157,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Start the Parley server on 127.0.0.1, call it with aiortc peers over "
         "loopback WebRTC, and write JSON, Markdown and PNG results.",
     )
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated subset; 'pipecat' (only when named) adds the Pipecat reference line",
+    )
     p.add_argument("--quick", action="store_true", help="small smoke run (~3 min)")
     p.add_argument("--config", type=Path, default=None, help="agent YAML (default: embedded)")
     p.add_argument(
@@ -149,6 +170,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="override an agent knob, e.g. turn.end_of_turn_silence_ms=450 (repeatable)",
+    )
+    p.add_argument(
+        "--end-of-turn-model",
+        choices=("smart_turn", "none"),
+        default=None,
+        help="turn.end_of_turn_model of the served agent (default: the config's); run once "
+        "with each, e.g. --scenarios turns --tag eot-on / --tag eot-off, to compare",
     )
     p.add_argument("--profile", action="store_true", help="py-spy the server during v2v")
     p.add_argument(
@@ -166,7 +194,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick and not args.tag:
         args.tag = "quick"  # a smoke run never overwrites the day's full results
-    unknown = set(args.scenarios.split(",")) - set(SCENARIOS) - set(PARTS)
+    if args.end_of_turn_model is not None:
+        args.set.append(f"turn.end_of_turn_model={args.end_of_turn_model}")
+    unknown = set(args.scenarios.split(",")) - set(SCENARIOS) - set(PARTS) - set(REFERENCES)
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     return args
@@ -277,7 +307,7 @@ async def _guard(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the selected scenarios; returns the results document."""
-    chosen = [s for s in (*SCENARIOS, *PARTS) if s in args.scenarios.split(",")]
+    chosen = [s for s in (*SCENARIOS, *PARTS, *REFERENCES) if s in args.scenarios.split(",")]
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     cloud_levels = [int(x) for x in args.cloud_levels.split(",") if x.strip()]
     plan = Plan.make(args.quick, levels, args.level_seconds, args.soak_calls, cloud_levels)
@@ -312,6 +342,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     main_needed = [s for s in chosen if s in ("v2v", "turns", "concurrency", "soak")]
     if main_needed:
         await _with_server(doc, "main", config_path, config, names, args, plan, work)
+    if "pipecat" in chosen:  # right after the Parley server's v2v: the same run, same machine
+        await _pipecat(doc, config, names, args, plan, work)
     if "bargein" in chosen:
         greeter = agent_config(config_path, [], work, {"greeting": GREETING})
         await _with_server(doc, "bargein", greeter, config, names, args, plan, work)
@@ -445,6 +477,48 @@ async def _with_server(
         code = await server.stop()
         doc["servers"][role]["exit_code"] = code
         doc["servers"][role]["log"] = str(server.log_path)
+
+
+async def _pipecat(
+    doc: dict[str, Any],
+    config: AgentConfig,
+    names: list[str],
+    args: argparse.Namespace,
+    plan: Plan,
+    work: Path,
+) -> None:
+    """The Pipecat reference bot with the served agent's knobs, asked the v2v questions."""
+    results: dict[str, Any] = doc["scenarios"]
+    try:
+        server = PipecatProcess(settings=bot_settings(config), log_path=work / "server-pipecat.log")
+        log(f"starting the Pipecat reference bot on {server.base_url}")
+        ready = await server.start()
+    except ServerError as exc:  # no venv, or the bot did not start: the rest must survive
+        results["pipecat"] = {"error": f"bot did not start: {exc}"}
+        return
+    log(f"Pipecat bot ready in {ready:.2f} s")
+    doc["servers"]["pipecat"] = {
+        "ready_s": round(ready, 2),
+        "rss_ready_mb": round(read_tree(server.pid).rss_mb, 1),
+    }
+    try:
+        async with (
+            httpx.AsyncClient(base_url=server.base_url, timeout=30) as client,
+            Monitor(server.pid) as monitor,
+        ):
+            ctx = BenchContext(server, client, monitor, config, names, args.quick)
+            await _guard(
+                "pipecat",
+                results,
+                90.0 * plan.v2v_calls * plan.v2v_turns_per_call + 60,
+                lambda: pipecat.run(ctx, server, plan.v2v_calls, plan.v2v_turns_per_call),
+            )
+            if "error" not in results["pipecat"]:
+                ratio = pipecat.ratio(results.get("v2v"), results["pipecat"])
+                results["pipecat"]["parley_over_pipecat"] = ratio
+    finally:
+        doc["servers"]["pipecat"]["exit_code"] = await server.stop()
+        doc["servers"]["pipecat"]["log"] = str(server.log_path)
 
 
 async def _cloud(

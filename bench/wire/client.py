@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -51,6 +51,9 @@ class BenchClip:
 
 class WireCaller:
     """One caller: a room, a ``CallerPeer``, its audio and its events."""
+
+    has_events: ClassVar[bool] = True
+    """Whether the server sends session events (transcripts, replies, metrics)."""
 
     def __init__(self, client: httpx.AsyncClient, label: str = "caller") -> None:
         self.client = client

@@ -66,6 +66,7 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
         )
     elif e := _err(sc, "v2v"):
         rows.append(("voice-to-voice", f"error: {e}"))
+    rows += _pipecat_rows(sc)
     if (b := sc.get("bargein")) and "stop_ms" in b:
         rows.append(
             (
@@ -74,6 +75,20 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
                 _dist(b["stop_ms"]),
             )
         )
+        parts = b.get("stop_parts_ms") or {}
+        if parts:
+            rows.append(
+                (
+                    f"  stop parts (median / p90), interruption.min_speech_ms "
+                    f"{b.get('min_speech_ms')}: VAD onset; hold to pause; pause -> silence "
+                    "at the caller",
+                    "; ".join(
+                        f"{_fmt((parts.get(k) or {}).get('median'))} / "
+                        f"{_fmt((parts.get(k) or {}).get('p90'))} ms"
+                        for k in ("vad_onset_ms", "hold_ms", "pause_to_silence_ms")
+                    ),
+                )
+            )
         rows.append(("  interruptions that did not stop the agent", _fmt(b.get("not_stopped"))))
         window = b["false_interruption_timeout_ms"]
         for key, label in (("coughs", "cough bursts"), ("backchannels", "backchannels (hmm)")):
@@ -192,6 +207,16 @@ def _stage_rows(stages: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 f"  stage: {label} (median / p90)",
                 f"{_fmt(s.get('median'))} / {_fmt(s.get('p90'))} ms",
+            )
+        )
+    hidden = stages.get("preemptive_hidden_ms") or {}
+    if hidden.get("n"):
+        rows.append(
+            (
+                "  preemptive replies: LLM + TTS time hidden behind the end-of-turn wait, "
+                "not in the stages above (median / p90)",
+                f"{_fmt(hidden.get('median'))} / {_fmt(hidden.get('p90'))} ms "
+                f"(n={hidden.get('n')})",
             )
         )
     return rows
@@ -619,6 +644,66 @@ def _side_by_side(sc: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _pipecat_rows(sc: dict[str, Any]) -> list[tuple[str, str]]:
+    """The Pipecat reference line and Parley's ratio to it."""
+    if "pipecat" not in sc:
+        return []
+    if e := _err(sc, "pipecat"):
+        return [("Pipecat reference voice-to-voice", f"error: {e}")]
+    p = sc["pipecat"]
+    rows = [
+        (
+            f"Pipecat reference voice-to-voice, same models and questions ({p['questions']}): "
+            "min / median / p90 / p99 / max",
+            _dist(p["v2v_ms"]),
+        ),
+        ("  unanswered turns (Pipecat)", _fmt(p.get("unanswered"))),
+    ]
+    r = p.get("parley_over_pipecat")
+    value = (
+        f"median {r['median']:.2f}, p90 {r['p90']:.2f} over {r['turns']} turns "
+        f"({r['parley_median_ms']:.0f} / {r['pipecat_median_ms']:.0f} ms median); "
+        f"later turns only: median {_fmt(r.get('later_median'))}"
+        if r
+        else "- (run v2v in the same run)"
+    )
+    rows.append(("Parley / Pipecat voice-to-voice (below 1: Parley answers sooner)", value))
+    return rows
+
+
+def _pipecat_section(sc: dict[str, Any]) -> list[str]:
+    """What the Pipecat reference bot shares with the Parley agent and what it does not."""
+    ref = (sc.get("pipecat") or {}).get("reference")
+    if not ref:
+        return []
+    s = ref["settings"]
+    turn = (
+        "Pipecat's Smart Turn v3 stop strategy"
+        if s["end_of_turn"] == "smart_turn"
+        else f"{s['end_of_turn_silence_ms']} ms of silence (Silero stop 200 ms + "
+        f"user_speech_timeout {s['end_of_turn_silence_ms'] - 200} ms)"
+    )
+    lines = [
+        "## Pipecat reference line",
+        "",
+        "`pipecat-ai` with its SmallWebRTC transport (`bench/pipecat_ref/bot.py`, its own venv "
+        "from `bench/pipecat_ref/install.sh`), asked the v2v scenario's questions in the same "
+        "voices by the same aiortc caller right after the Parley server, on the same machine. "
+        "Its figure comes from the audio only (it sends no events, so it has no stages). "
+        f"End of turn: {turn}.",
+        "",
+        "Matched:",
+        "",
+        *(f"- {m}" for m in ref["matched"]),
+        "",
+        "Different:",
+        "",
+        *(f"- {d}" for d in ref["differs"]),
+        "",
+    ]
+    return lines
+
+
 def _compare(doc: dict[str, Any], before: dict[str, Any]) -> list[str]:
     """Before/after table of the tuning-relevant figures."""
 
@@ -634,6 +719,11 @@ def _compare(doc: dict[str, Any], before: dict[str, Any]) -> list[str]:
         ]
         for key, label in STAGES:
             out.append((f"{label} median ms", v.get("stages", {}).get(key, {}).get("median")))
+        ref = sc.get("pipecat", {})
+        out.append(("Pipecat reference v2v median ms", ref.get("v2v_ms", {}).get("median")))
+        out.append(
+            ("Parley / Pipecat v2v median", (ref.get("parley_over_pipecat") or {}).get("median"))
+        )
         out.append(("turns cut off early", t.get("cut_off")))
         out.append(("turn-taking questions", t.get("questions")))
         out.append(("barge-in stop median ms", b.get("stop_ms", {}).get("median")))
@@ -695,6 +785,7 @@ def markdown(
     lines.append("")
     if doc["quick"] and "install" in doc["scenarios_run"]:
         lines += ["The install scenario is skipped in a quick run.", ""]
+    lines += _pipecat_section(doc["scenarios"])
     if doc["scenarios"].get("sip"):
         lines += _side_by_side(doc["scenarios"])
     c = doc["scenarios"].get("concurrency", {})
@@ -882,9 +973,15 @@ def write(
 ) -> list[Path]:
     """Write ``<stem>.json``, the plots and ``<stem>.md`` under ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    plot_paths = plots.write_all(doc, out, stem)
-    doc["plots"] = {k: str(v) for k, v in plot_paths.items()}
     json_path = out / f"{stem}.json"
+    # the figures first: a run of many minutes is never lost to a failing plot
+    json_path.write_text(json.dumps(doc, indent=1, default=str) + "\n", "utf-8")
+    try:
+        plot_paths = plots.write_all(doc, out, stem)
+    except ModuleNotFoundError as exc:  # matplotlib comes with requirements/bench.lock
+        print(f"[bench] no plots ({exc}); scripts/bench.sh installs the bench tools")
+        plot_paths = {}
+    doc["plots"] = {k: str(v) for k, v in plot_paths.items()}
     json_path.write_text(json.dumps(doc, indent=1, default=str) + "\n", "utf-8")
     md_path = out / f"{stem}.md"
     md_path.write_text(markdown(doc, plot_paths, out, before), "utf-8")

@@ -249,13 +249,18 @@ class ServerProcess:
         """The processes that carry calls: the workers, or the server itself."""
         return (children(self.pid) or [self.pid]) if self.workers > 1 else [self.pid]
 
-    async def start(self, timeout_s: float = 180.0) -> float:
-        """Spawn the server and poll ``/health`` until it answers; returns seconds to ready."""
+    def command(self) -> list[str]:
+        """The server's command line (``python -m signaling`` on ``port``)."""
         cmd = [self.python, "-m", "signaling", "--host", HOST, "--port", str(self.port)]
         cmd += ["--log-level", os.environ.get("PARLEY_BENCH_LOG_LEVEL", "warning")]
         cmd += ["--workers", str(self.workers)]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
+        return cmd
+
+    async def start(self, timeout_s: float = 180.0) -> float:
+        """Spawn the server and poll ``/health`` until it answers; returns seconds to ready."""
+        cmd = self.command()
         env = {
             **os.environ,
             **self.env,

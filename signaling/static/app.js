@@ -49,6 +49,10 @@ function onEvent(ev) {
       break;
     }
     case "error": $("error").textContent = ev.stage + ": " + ev.message; break;
+    case "tool_call": addItem("tools", "\u2192 " + ev.name + " " + ev.arguments, "call"); break;
+    case "tool_result":
+      addItem("tools", "\u2190 " + ev.name + (ev.ok ? ": " + ev.content : " failed (" + ev.code + ")") + (ev.late ? " (after interruption)" : ""), ev.ok ? "ok" : "failed");
+      break;
   }
 }
 

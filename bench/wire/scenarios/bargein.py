@@ -8,7 +8,14 @@ each call has a reply to talk over at a chosen moment, independent of the LLM.
   question. Measured: the onset of the caller's speech in the sent audio ->
   the moment the received agent audio goes silent and stays silent for at
   least 1 s (``AudioTrace.stop_after``; natural pauses of 100-400 ms never
-  qualify).
+  qualify). The stop time is split into its parts from the events' arrival
+  times at the caller: **VAD onset** (caller onset -> the server's ``vad``
+  speaking event: audio path in, the VAD's onset windows), **hold** (``vad``
+  -> the ``interruption`` paused event: ``interruption.min_speech_ms`` and
+  the VAD window it lands in), and **pause -> silence** (the paused event ->
+  the caller hears silence: audio the server had already sent, the pacer's
+  frame, the caller's jitter buffer; the event and the audio share the
+  network path, so its latency cancels out).
 * **Cough**: a 150-300 ms noise burst (``speech.cough``) instead of words.
   It must not stop the reply for longer than the configured window: the
   longest silence overlapping the burst and the window after it must stay
@@ -47,6 +54,29 @@ def _phase_times(caller: WireCaller, since: float) -> dict[str, float]:
     return out
 
 
+def _vad_onset_time(caller: WireCaller, since: float) -> float | None:
+    """Arrival time of the first ``vad`` speaking event after ``since``."""
+    for t, e in caller.of_type("vad", since):
+        if e.get("speaking"):
+            return t
+    return None
+
+
+def _stop_parts(
+    onset: float, vad: float | None, paused: float | None, stop: float | None
+) -> dict[str, float | None]:
+    """The stop time's parts in ms (None where a mark is missing)."""
+
+    def part(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round((b - a) * 1000, 1)
+
+    return {
+        "vad_onset_ms": part(onset, vad),
+        "hold_ms": part(vad, paused),
+        "pause_to_silence_ms": part(paused, stop),
+    }
+
+
 async def _greeted(caller: WireCaller) -> float | None:
     """Wait for the greeting to be heard; returns its first loud frame's arrival."""
     if not await caller.wait_until(lambda: caller.last_loud(LOUD_DBFS) is not None, 20.0):
@@ -76,6 +106,7 @@ async def _interrupt(ctx: BenchContext, i: int) -> dict[str, Any]:
         )
         stop = caller.trace().stop_after(onset)
         phases = _phase_times(caller, onset)
+        vad_at = _vad_onset_time(caller, onset)
         replies = [e for _, e in caller.of_type("reply") if e.get("interrupted")]
         out.update(
             {
@@ -85,6 +116,9 @@ async def _interrupt(ctx: BenchContext, i: int) -> dict[str, Any]:
                 "in_pause": None if stop is None else stop.in_pause,
                 "paused_event_ms": _rel(phases.get("paused"), onset),
                 "confirmed_event_ms": _rel(phases.get("confirmed"), onset),
+                "stop_parts": _stop_parts(
+                    onset, vad_at, phases.get("paused"), None if stop is None else stop.at
+                ),
                 "heard_text": str(replies[0].get("heard_text", "")) if replies else None,
             }
         )
@@ -226,6 +260,17 @@ async def run(
                 if t.get("confirmed_event_ms") is not None
             ]
         ),
+        "stop_parts_ms": {
+            key: summarize(
+                [
+                    float(v)
+                    for t in trials
+                    if (v := (t.get("stop_parts") or {}).get(key)) is not None
+                ]
+            )
+            for key in ("vad_onset_ms", "hold_ms", "pause_to_silence_ms")
+        },
+        "min_speech_ms": ctx.config.interruption.min_speech_ms,
         "coughs": _noise_summary(coughs_done),
         "backchannels": _noise_summary(fillers),
         "false_interruption_timeout_ms": ctx.config.interruption.false_interruption_timeout_ms,

@@ -26,7 +26,25 @@ STAGES = (
     ("tts_first_audio_ms", "TTS first audio"),
     ("network_ms", "network / playout"),
 )
-"""The stages that add up to the caller's voice-to-voice time, in order."""
+"""The stages that add up to the caller's voice-to-voice time, in order. For a
+preemptive reply (started before the turn ended, held until it was confirmed) the LLM
+and TTS stages count only their part after the release: the rest ran during the
+end-of-turn wait and is reported apart as ``preemptive_hidden_ms``."""
+
+
+def _after(start: float | None, end: float | None, release: float) -> float:
+    """The part of the stage ``start``..``end`` (ms marks) that came after ``release``."""
+    if start is None or end is None:
+        return 0.0
+    return max(0.0, end - max(start, release))
+
+
+REPLY_END_SILENCE_S = 2.0
+"""Without session events, a reply is over after this long without a loud frame.
+
+A reply's own pauses (commas, sentences, a sentence still being synthesized)
+last well under a second.
+"""
 
 
 def log(message: str) -> None:
@@ -83,10 +101,19 @@ class Turn:
         if any(v is None for v in parts.values()):
             return None
         out = {k: float(v) for k, v in parts.items() if v is not None}
+        hidden = 0.0
+        marks = m.get("marks_ms") or {}
+        if m.get("preemptive") and "released" in marks:
+            release = float(marks["released"])
+            llm = _after(marks.get("llm_start"), marks.get("llm_first_token"), release)
+            tts = _after(marks.get("tts_first_chunk"), marks.get("tts_first_audio"), release)
+            hidden = out["llm_first_token_ms"] + out["tts_first_audio_ms"] - llm - tts
+            out["llm_first_token_ms"], out["tts_first_audio_ms"] = round(llm, 1), round(tts, 1)
         server_v2v = float(m["voice_to_voice_ms"])
         out["chunk_wait_ms"] = round(server_v2v - sum(out.values()), 1)
         out["network_ms"] = round(self.v2v_ms - server_v2v, 1)
         out["server_v2v_ms"] = server_v2v
+        out["preemptive_hidden_ms"] = round(hidden, 1)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -103,6 +130,8 @@ def stage_summary(turns: list[Turn]) -> dict[str, dict[str, float]]:
     rows = [s for t in turns if (s := t.stages()) is not None]
     out = {key: summarize([r[key] for r in rows]) for key, _ in STAGES}
     out["server_v2v_ms"] = summarize([r["server_v2v_ms"] for r in rows])
+    hidden = [r["preemptive_hidden_ms"] for r in rows if r["preemptive_hidden_ms"] > 0]
+    out["preemptive_hidden_ms"] = summarize(hidden)
     return out
 
 
@@ -118,8 +147,9 @@ async def ask(
 ) -> Turn:
     """Speak ``utterance``, wait for the agent's first audio, then listen to the reply.
 
-    ``listen_s`` bounds the wait for the reply to end (its ``reply`` event);
-    0 returns as soon as the first loud frame arrived. ``deadline``
+    ``listen_s`` bounds the wait for the reply to end (its ``reply`` event, or
+    ``REPLY_END_SILENCE_S`` without a loud frame for a caller whose server
+    sends no events); 0 returns as soon as the first loud frame arrived. ``deadline``
     (monotonic) cuts both waits short.
     """
 
@@ -143,6 +173,8 @@ async def ask(
     turn.v2v_ms = round((first - end) * 1000, 1)
     if listen_s <= 0:
         return turn
+    if not caller.has_events:
+        return await _listen_to_audio(caller, turn, first, bound(listen_s))
 
     def finals() -> list[dict[str, Any]]:
         return [e for _, e in caller.of_type("transcript", start) if e.get("final")]
@@ -173,9 +205,29 @@ async def ask(
         if e.get("turn_id") == reply["turn_id"]:
             turn.server = {k: v for k, v in e.items() if k not in ("type", "at")}
     await asyncio.sleep(0.3)  # the last frames may trail the event by a few packets
+    _measure_reply(caller, turn, first, reply_at + 0.3)
+    return turn
+
+
+async def _listen_to_audio(caller: WireCaller, turn: Turn, first: float, within_s: float) -> Turn:
+    """End a turn without session events: the reply is over after ``REPLY_END_SILENCE_S``."""
+
+    def over() -> bool:
+        last = caller.last_loud(LOUD_DBFS)
+        return last is not None and time.monotonic() - last >= REPLY_END_SILENCE_S
+
+    if not await caller.wait_until(over, within_s):
+        turn.error = "reply not over in time"
+        return turn
+    turn.completed = True
+    _measure_reply(caller, turn, first, time.monotonic())
+    return turn
+
+
+def _measure_reply(caller: WireCaller, turn: Turn, first: float, until: float) -> None:
+    """The reply's audio length and its underruns, from its first loud frame to ``until``."""
     trace = caller.trace()
-    span = trace.reply_span(first - 0.001, reply_at + 0.3)
+    span = trace.reply_span(first - 0.001, until)
     if span is not None:
         turn.reply_audio_s = round(span[1] - span[0] + 0.02, 2)
         turn.underruns = trace.underruns(span[0], span[1])
-    return turn

@@ -6,6 +6,12 @@ agent ended the turn inside the pause: a final transcript (or the THINKING
 state) arrived before the second part's speech ended, or the question
 produced more than one final transcript. A question with no final
 transcript at all is counted apart (missed), not as a cut-off.
+
+The served agent's ``turn.end_of_turn_model`` is reported with the results
+(``python -m bench.wire --end-of-turn-model smart_turn|none`` picks it), and
+so is the caller-side delay from the end of the question's speech to its
+final transcript (end of turn plus the final STT wait) over the questions
+that were neither cut off nor missed.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 from bench.wire.client import WireCaller
 from bench.wire.scenarios.common import BenchContext
 from bench.wire.speech import SPLIT_QUESTIONS, paused_utterance
+from bench.wire.stats import summarize
 
 SETTLE_S = 3.5
 """How long after the question the caller waits for the final transcript(s)."""
@@ -86,5 +93,13 @@ async def run(ctx: BenchContext, n: int) -> dict[str, Any]:
             for p in sorted({t["pause_ms"] for t in trials})
         },
         "end_of_turn_silence_ms": ctx.config.turn.end_of_turn_silence_ms,
+        "end_of_turn_model": ctx.config.turn.end_of_turn_model,
+        "final_after_speech_ms": summarize(
+            [
+                float(t["first_final_after_speech_ms"])
+                for t in trials
+                if not t["cut_off"] and t["first_final_after_speech_ms"] is not None
+            ]
+        ),
         "seconds": round(time.monotonic() - t0, 1),
     }

@@ -5,13 +5,18 @@ received agent frame above the loudness threshold, and the session's own
 metrics of the turn split into stages (end-of-turn detection, final STT, LLM
 first token, chunk wait, TTS first audio, and network/playout as the rest).
 Calls hold several turns so the chat history grows as in a real call.
+``caller_type`` picks the signaling: ``WireCaller`` for the Parley server,
+``PipecatCaller`` for the Pipecat reference bot (audio only: no stages).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
+
+import httpx
 
 from bench.wire.client import WireCaller
 from bench.wire.scenarios.common import BenchContext, Turn, ask, stage_summary
@@ -22,13 +27,18 @@ REPLY_LISTEN_S = 40.0
 """Longest wait for a reply to be played out (80 tokens of speech take ~25 s)."""
 
 
-async def run(ctx: BenchContext, calls: int, turns_per_call: int) -> dict[str, Any]:
+async def run(
+    ctx: BenchContext,
+    calls: int,
+    turns_per_call: int,
+    caller_type: Callable[[httpx.AsyncClient, str], WireCaller] = WireCaller,
+) -> dict[str, Any]:
     """Ask ``calls`` x ``turns_per_call`` questions; returns the scenario's results."""
     turns: list[Turn] = []
     t0 = time.monotonic()
     n = 0
     for c in range(calls):
-        caller = WireCaller(ctx.client, f"v2v-{c}")
+        caller = caller_type(ctx.client, f"v2v-{c}")
         try:
             await caller.connect()
             await asyncio.sleep(0.5)
@@ -64,6 +74,7 @@ async def run(ctx: BenchContext, calls: int, turns_per_call: int) -> dict[str, A
         "v2v_later_turns_ms": summarize([t.v2v_ms for t in turns if t.index > 0 and t.v2v_ms]),
         "stages": stage_summary(turns),
         "speculative_hits": sum(1 for t in turns if t.server and t.server.get("speculative_hit")),
+        "preemptive_replies": sum(1 for t in turns if t.server and t.server.get("preemptive")),
         "unanswered": sum(1 for t in turns if t.v2v_ms is None),
         "reply_audio_s": round(sum(t.reply_audio_s for t in turns), 1),
         "underruns": len(gaps),
