@@ -19,24 +19,29 @@ from media.resample import resample
 
 CACHE_DIR = Path(os.environ.get("PARLEY_TEST_AUDIO", Path(tempfile.gettempdir()) / "parley-speech"))
 
-_tts: PiperTTS | None = None
+_voices: dict[float | None, PiperTTS] = {}
 
 
-def _voice() -> PiperTTS:
-    global _tts
-    if _tts is None:
-        _tts = PiperTTS(PiperSettings())
-    return _tts
+def _voice(length_scale: float | None = None) -> PiperTTS:
+    voice = _voices.get(length_scale)
+    if voice is None:
+        voice = _voices[length_scale] = PiperTTS(PiperSettings(length_scale=length_scale))
+    return voice
 
 
-def speak(text: str, rate: int = PIPELINE_RATE) -> PCM:
-    """Piper speech of ``text`` as mono int16 at ``rate`` (cached)."""
-    key = hashlib.sha1(f"{text}|{rate}".encode()).hexdigest()[:16]
+def speak(text: str, rate: int = PIPELINE_RATE, *, length_scale: float | None = None) -> PCM:
+    """Piper speech of ``text`` as mono int16 at ``rate`` (cached).
+
+    ``length_scale`` (>1 slower) gives a second "speaker" whose pace differs from the
+    agent's own voice: a caller who talks over the agent does not share its rhythm.
+    """
+    setting = "" if length_scale is None else f"|{length_scale}"
+    key = hashlib.sha1(f"{text}|{rate}{setting}".encode()).hexdigest()[:16]
     path = CACHE_DIR / f"{key}.npy"
     if path.exists():
         cached: PCM = np.load(path)
         return cached
-    tts = _voice()
+    tts = _voice(length_scale)
     pcm = np.concatenate(tts.synthesize(text))
     out = resample(pcm, tts.sample_rate, rate)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)

@@ -192,6 +192,11 @@ class GatedLlama:
             self.events.append("generation ended")
             self.finished.set()
 
+    def tokenize(self, text: bytes, add_bos: bool = True) -> list[int]:
+        """The real tokenizer (the adapter counts prompts to fit its context)."""
+        tokens: list[int] = self.inner.tokenize(text, add_bos=add_bos)
+        return tokens
+
     def close(self) -> None:
         self.events.append("model freed")
         self.inner.close()
