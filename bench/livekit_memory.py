@@ -9,10 +9,11 @@ fake job has no caller audio: the caller's stream, Opus decoding and WebRTC
 transport of a real room are not in the figure.
 
     python -m bench.livekit_memory            # one job
+    python -m bench.livekit_memory --jobs 2   # two calls at once on one copy of the models
 
-Open issue: with ``--jobs 2`` or more, livekit-agents 1.3.11 never starts the
-second fake job's runner here (``simulate_job`` waits for it; the first job
-runs) -- not explained yet, so per-job figures come from one job.
+The worker keeps one idle job runner warm, as deployed (``PARLEY_LIVEKIT_IDLE_PROCESSES``
+is at least 1: with none, livekit-agents 1.3.11 leaves the second of two jobs
+launched back to back waiting for a runner forever; see ``signaling.livekit_settings``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ async def measure(jobs: int, data_dir: Path) -> None:
             "LIVEKIT_API_KEY": "bench",
             "LIVEKIT_API_SECRET": "bench-secret-bench-secret-bench-secret",
             "PARLEY_LIVEKIT_HTTP_PORT": 0,
-            "PARLEY_LIVEKIT_IDLE_PROCESSES": 0,
         }
     )
     room = create_mock_room()

@@ -37,7 +37,8 @@ class LiveKitSettings(BaseSettings):
     executor: Literal["thread", "process"] = Field("thread", alias="PARLEY_LIVEKIT_EXECUTOR")
     """Where jobs run: threads of the worker process, sharing one copy of the models
     (the default; right for small machines), or one process per job, each loading its
-    own models (isolation at a memory cost)."""
+    own models (isolation at a memory cost; required with cloud providers, whose HTTP
+    clients are bound to one event loop while each thread job runs its own)."""
     idle_processes: int = Field(1, alias="PARLEY_LIVEKIT_IDLE_PROCESSES", ge=1, le=64)
     """Job runners kept warm (prewarmed) ahead of dispatch; at least one.
 

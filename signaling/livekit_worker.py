@@ -23,6 +23,15 @@ A job (``entrypoint``) is one call: connect audio-only, wait for the caller
 ``livekit``; the LiveKit room, the caller's identity and kind, the job id
 as attributes; sessions, turns and costs in the same store), run it over a
 ``media.livekit.LiveKitTransport`` until it ends, then leave the room.
+
+Each job opens its own store on its own event loop: a thread-executor job
+runs on an event loop of its own thread, and asyncpg connections, Redis
+clients and the store's writer tasks belong to the loop that made them. That
+store is small (at most ``JOB_DB_POOL_SIZE + JOB_DB_MAX_OVERFLOW`` SQL
+connections, on PostgreSQL named ``parley-livekit:<job id>`` in
+``pg_stat_activity``) and is closed when the job ends, whatever ended it.
+A process-executor process runs one job and exits, so its store is also
+the process's only one.
 """
 
 from __future__ import annotations
@@ -37,13 +46,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from livekit import rtc
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobExecutorType, JobProcess
 
 from agent.config import AgentConfig
+from agent.errors import ConfigError
 from agent.phrase_cache import cached_tts
 from agent.pricing import PriceTable
 from agent.runtime import AgentModels
@@ -60,6 +70,12 @@ log = logging.getLogger(__name__)
 RUNTIME_KEY = "parley"
 """Where ``prewarm`` leaves the ``WorkerRuntime`` in ``JobProcess.userdata``."""
 TRANSPORT = "livekit"
+JOB_DB_POOL_SIZE = 1
+"""SQL connections a job's store keeps open: one call's writes and lookups."""
+JOB_DB_MAX_OVERFLOW = 1
+"""One more under a burst (a phrase-cache lookup beside a turn write), closed after use."""
+JOB_DB_APPLICATION = "parley-livekit:"
+"""Prefix of a job's PostgreSQL ``application_name`` (then the job id)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +133,24 @@ _SHARED: WorkerRuntime | None = None
 _SHARED_LOCK = threading.Lock()
 
 
+def check_executor(executor: str, config: AgentConfig, env: Mapping[str, str]) -> None:
+    """Refuse cloud providers on the thread executor (``ConfigError``, one line).
+
+    Thread-executor jobs share one ``AgentModels`` but each runs its own event
+    loop; a cloud adapter's SDK client keeps pooled HTTP connections bound to
+    the loop that opened them, so the next job using it fails ("bound to a
+    different event loop", "Event loop is closed"). The local models are safe
+    there: their inference threads hand each result to the caller's own loop.
+    """
+    cloud = config.providers.with_environment(env).cloud()
+    if executor == "thread" and cloud:
+        raise ConfigError(
+            f"cloud providers ({', '.join(sorted(cloud))}) need "
+            "PARLEY_LIVEKIT_EXECUTOR=process: their HTTP clients cannot be shared "
+            "by the thread executor's jobs, which run on event loops of their own"
+        )
+
+
 def prewarm(proc: JobProcess) -> None:
     """livekit-agents' ``setup_fnc``: give the job runner this process's models."""
     proc.userdata[RUNTIME_KEY] = WorkerRuntime.shared()
@@ -148,7 +182,7 @@ class LiveKitJob:
     async def run(self, caller: rtc.RemoteParticipant) -> str:
         """Carry the caller's call until it ends; returns why it ended."""
         rt = self._runtime
-        self._store = store = await Store.open(rt.store, migrate_schema=False)
+        self._store = store = await open_job_store(rt.store, self._ctx.job.id)
         self._calls = calls = CallManager(
             dataclasses.replace(rt.models, tts=cached_tts(rt.models.tts, store.phrases)),
             rt.config,
@@ -203,6 +237,22 @@ class LiveKitJob:
         finally:
             if self._store is not None:
                 await self._store.close()
+
+
+async def open_job_store(settings: StoreSettings, job_id: str) -> Store:
+    """A job's own store on the running loop: a small SQL pool, no migrations (``main``
+    ran them), its PostgreSQL connections named after the job."""
+    engine_args: dict[str, object] = {}
+    if not settings.embedded:
+        name = (JOB_DB_APPLICATION + job_id)[:63]  # PostgreSQL keeps 63 bytes
+        engine_args["server_settings"] = {"application_name": name}
+    return await Store.open(
+        settings,
+        engine_args=engine_args,
+        migrate_schema=False,
+        pool_size=JOB_DB_POOL_SIZE,
+        max_overflow=JOB_DB_MAX_OVERFLOW,
+    )
 
 
 def call_attributes(ctx: JobContext, caller: rtc.RemoteParticipant) -> dict[str, str]:
@@ -299,6 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = LiveKitSettings()
     if not settings.configured:
         parser.error("set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET")
+    try:
+        check_executor(
+            settings.executor, AgentConfig.load(ServerSettings().agent_config), os.environ
+        )
+    except ConfigError as exc:
+        parser.error(str(exc))
     asyncio.run(_prepare_store(StoreSettings()))
     server = build_server(settings)
     with contextlib.suppress(KeyboardInterrupt):

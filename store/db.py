@@ -27,10 +27,32 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
-def make_engine(url: str, *, connect_args: dict[str, object] | None = None) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, foreign keys and a busy timeout."""
+POOL_SIZE = 5
+"""Connections an engine keeps open (the server's default)."""
+MAX_OVERFLOW = 5
+"""Connections it may open beyond those under load, closed when returned."""
+
+
+def make_engine(
+    url: str,
+    *,
+    connect_args: dict[str, object] | None = None,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
+) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, foreign keys and a busy timeout.
+
+    At most ``pool_size + max_overflow`` connections are open at once (an
+    aiosqlite connection is also a thread); a caller past that waits for one
+    to come back (up to 5 s on PostgreSQL, SQLAlchemy's 30 s on SQLite).
+    """
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30, **(connect_args or {})})
+        engine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            connect_args={"timeout": 30, **(connect_args or {})},
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: object, _record: object) -> None:
@@ -45,8 +67,8 @@ def make_engine(url: str, *, connect_args: dict[str, object] | None = None) -> A
     return create_async_engine(
         url,
         pool_pre_ping=True,
-        pool_size=5,
-        max_overflow=5,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
         pool_timeout=5,
         connect_args={"timeout": 5, "command_timeout": 15, **(connect_args or {})},
     )

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from store.apikeys import ApiKeyRepository
 from store.cache import HotCache, MemoryCache, RedisCache
 from store.crypto import TokenCipher
-from store.db import ensure_schema, make_engine, migrate, sessionmaker
+from store.db import MAX_OVERFLOW, POOL_SIZE, ensure_schema, make_engine, migrate, sessionmaker
 from store.library import LibraryRepository
 from store.phrases import PhraseAudioCache
 from store.platform_accounts import PlatformAccountRepository
@@ -68,8 +68,15 @@ class Store:
         *,
         engine_args: dict[str, object] | None = None,
         migrate_schema: bool | None = None,
+        pool_size: int = POOL_SIZE,
+        max_overflow: int = MAX_OVERFLOW,
     ) -> Store:
-        """Connect (SQLite file by default, created with its data directory), migrate if due."""
+        """Connect (SQLite file by default, created with its data directory), migrate if due.
+
+        ``engine_args`` go to the database driver's connect call (asyncpg's
+        ``server_settings`` are merged with the schema's search path);
+        ``pool_size`` and ``max_overflow`` bound the engine's connections.
+        """
         settings = settings or StoreSettings()
         if settings.embedded:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -80,9 +87,16 @@ class Store:
         )
         args = dict(engine_args or {})
         if settings.db_schema and not settings.embedded:
-            args["server_settings"] = {"search_path": settings.db_schema}
+            given = args.get("server_settings")
+            server_settings = dict(given) if isinstance(given, dict) else {}
+            args["server_settings"] = {**server_settings, "search_path": settings.db_schema}
             await ensure_schema(settings.sqlalchemy_url(), settings.db_schema)
-        engine = make_engine(settings.sqlalchemy_url(), connect_args=args)
+        engine = make_engine(
+            settings.sqlalchemy_url(),
+            connect_args=args,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+        )
         if migrate_schema if migrate_schema is not None else settings.should_migrate():
             await migrate(engine)
         db = sessionmaker(engine)
