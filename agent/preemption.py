@@ -5,8 +5,10 @@ When the caller pauses, the listener transcribes the utterance speculatively
 the reply to that transcript at once, while the end-of-turn silence timer
 still runs. The reply runs as usual (LLM, chunker, TTS) but is held:
 
-* its audio is queued in the playout buffer as a held utterance (silent, it
-  fills the buffer up to its bound and then the TTS waits);
+* its audio is queued in the playout buffer as a held utterance (silent, at
+  most ``PlayoutBuffer.max_held_ms`` of it, ~2 s: a head start, not the whole
+  answer; then the TTS waits, so a guess does not take the CPU the caller's
+  real turn needs for VAD and STT);
 * its events (reply deltas, tool calls) are kept here, unsent;
 * its tools wait (``confirmed``): a tool never runs before the turn is confirmed;
 * the session stays LISTENING: the caller may still be speaking, so the
@@ -29,6 +31,11 @@ Bound: the kept events are at most one model step's deltas and the calls
 it asked for (the tool round waits for the release), so ``max_tokens``
 bounds them; past ``MAX_HELD_EVENTS`` (never reached with the shipped
 limits) the reply is not worth holding and the session drops it.
+
+``Preemption`` is the session's coordinator: at most one reply is held at a
+time; ``prepare`` starts one (dropping an earlier one), ``claim`` hands it
+over when the confirmed turn makes the same request (and drops it when not),
+``adopt`` releases it as the turn's reply, ``drop`` cancels it unheard.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from dataclasses import dataclass, field
 from agent.events import AgentEvent
 from agent.llm import ChatMessage, ToolSpec
 from agent.reply import Reply, ReplyPlan
+from agent.turnclock import TurnClock
+from media.playout import PlayoutBuffer
 
 MAX_HELD_EVENTS = 4096
 """Events a held reply may keep before it is dropped (far above one step's tokens)."""
@@ -126,3 +135,91 @@ class PreemptiveReply:
             raise RuntimeError("cannot drop a released preemptive reply")
         self.phase = PreemptionPhase.DROPPED
         self._events = []
+
+
+Launch = Callable[[PreemptiveReply], Reply]
+"""Builds a held reply's ``Reply`` (events to ``PreemptiveReply.emit``, tools waiting
+for ``confirmed``) and starts it as its handle's task."""
+
+
+class Preemption:
+    """The session's preemptive replies: at most one held at a time (see the module doc).
+
+    The session tells it what the caller does; ``launch`` (the session's)
+    builds and starts the held reply's task, which the session owns.
+    """
+
+    def __init__(self, playout: PlayoutBuffer, launch: Launch, *, enabled: bool) -> None:
+        self.enabled = enabled
+        """Whether replies may start before the turn is confirmed (``turn.preemptive_reply``)."""
+        self._playout = playout
+        self._launch = launch
+        self._held: PreemptiveReply | None = None
+
+    @property
+    def pending(self) -> PreemptiveReply | None:
+        """The reply held for the pending turn, if any."""
+        return self._held
+
+    def prepare(self, turn_id: str, speech_end: float, plan: ReplyPlan) -> None:
+        """Start the reply to the words said before the pause at ``speech_end``, held
+        until its turn is confirmed (an earlier held reply is dropped)."""
+        self.drop()
+        if not self.enabled:
+            return
+        held = PreemptiveReply(turn_id, speech_end, plan)
+        held.reply = self._launch(held)
+        self._held = held
+
+    def claim(
+        self, turn_id: str, speech_end: float | None, plan: ReplyPlan
+    ) -> PreemptiveReply | None:
+        """The held reply, if it makes exactly the request of this confirmed turn (and is
+        still going: one that failed or said nothing while held is asked afresh).
+        Either way nothing is held afterwards: a reply that does not match is dropped."""
+        held, self._held = self._held, None
+        if held is None:
+            return None
+        reply = held.reply
+        if (
+            reply is not None
+            and not reply.handle.done
+            and held.matches(turn_id, speech_end, plan.messages, plan.tools)
+        ):
+            return held
+        self._cancel(held)
+        return None
+
+    def adopt(
+        self, held: PreemptiveReply, clock: TurnClock, sink: Callable[[AgentEvent], None]
+    ) -> Reply:
+        """A claimed reply becomes the turn's reply: it takes the turn's clock marks, its
+        kept events go to ``sink`` in order, its audio plays and its tools may run."""
+        reply = held.reply
+        if reply is None:
+            raise RuntimeError("a preemptive reply is adopted before it was launched")
+        reply.clock.confirm(clock)
+        held.release(sink)
+        self._playout.release(reply.handle.id)
+        return reply
+
+    def holds(self, reply: Reply) -> bool:
+        """Whether ``reply`` is the one held now (unseen by the caller)."""
+        return self._held is not None and self._held.reply is reply
+
+    def drop(self, turn_id: str | None = None) -> None:
+        """Cancel the held reply unheard (only if it answers ``turn_id``, when given)."""
+        held = self._held
+        if held is None or (turn_id is not None and held.turn_id != turn_id):
+            return
+        self._held = None
+        self._cancel(held)
+
+    def _cancel(self, held: PreemptiveReply) -> None:
+        """Stop a held reply unheard: nothing of it is committed or sent."""
+        held.drop()
+        if held.reply is not None:
+            handle = held.reply.handle
+            handle.interrupt()
+            self._playout.clear(handle.id)  # a reply that ended while held may have audio
+            self._playout.forget(handle.id)

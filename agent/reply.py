@@ -101,7 +101,8 @@ class Reply:
         held: bool = False,
     ) -> None:
         """``held``: a preemptive reply (``agent.preemption``): its audio is queued as a
-        held utterance, silent until the session releases it."""
+        held utterance, silent until the session releases it (at most the playout's
+        ``max_held_ms`` of it: then synthesis waits for the release)."""
         self.handle = handle
         self.plan = plan
         self.clock = clock

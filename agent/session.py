@@ -4,27 +4,24 @@ The session knows nothing about transports. A transport pushes 16 kHz mono
 frames with ``push_audio`` and pulls the agent's audio from ``playout``; the
 session emits typed events to its sinks and its ``events()`` stream.
 
-It owns three collaborators and wires them together:
+It owns its collaborators and wires them together:
 - the ``Listener`` (audio loop, VAD, turn detector, partial / speculative /
   final STT) reports what the caller does through the ``Hearing`` methods
   below;
 - the ``InterruptionController`` (a pure state machine) decides when the
   caller's speech pauses, cancels or resumes the active reply;
 - each reply is a ``Reply`` run as the task of its ``SpeechHandle`` (LLM,
-  chunker, TTS, playout, per-turn metrics).
+  chunker, TTS, playout, per-turn metrics), built by ``Replies``
+  (``agent.replies``), which also settles tool rounds that outlive their
+  reply;
+- ``Preemption`` (``agent.preemption``, with ``turn.preemptive_reply``)
+  holds the reply started on a pause's speculative transcript while the
+  session stays LISTENING, and hands it over when the turn is confirmed
+  with the same request (else it is dropped unheard).
 
 The session keeps what is left: the lifecycle, the state machine (one
 transition table, one writer: ``_set_state``), the chat history and the
 events. Turn ids are unique per session across calls and processes.
-
-Preemptive replies (``turn.preemptive_reply``, ``agent.preemption``): when
-the caller pauses and the speculative transcript is ready, the reply to it
-starts at once, held (its audio silent in the playout buffer, its events
-kept, its tools waiting) while the session stays LISTENING. When the turn is
-confirmed with the same request, the held reply becomes the turn's reply
-(THINKING, then SPEAKING as its audio plays); when the caller goes on, or the
-confirmed turn would ask something else, it is dropped unheard and nothing
-of it is committed or sent.
 
 A user turn that is transcribed while the caller is already speaking again
 (or while a later turn still waits for its transcript) does not start a
@@ -36,7 +33,6 @@ is barge-in like speech while it speaks.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import secrets
 import time
@@ -61,15 +57,16 @@ from agent.events import (
 from agent.fallback import AllProvidersFailedError
 from agent.history import ChatHistory
 from agent.interruption import BargeInAction, InterruptionController
+from agent.keypad import KeypadTurns, check_digit
 from agent.listener import Listener, UserTurn
 from agent.llm import ChatMessage
-from agent.preemption import PreemptiveReply
+from agent.preemption import Preemption, PreemptiveReply
+from agent.replies import Replies
 from agent.reply import Reply, ReplyPlan
 from agent.runtime import AgentModels
 from agent.speech import SpeechHandle
 from agent.stt import Transcript
 from agent.tasks import TaskOwner, describe_failure
-from agent.toolloop import ToolRound, ToolUse
 from agent.tools import ToolContext, ToolRegistry
 from agent.turnclock import TurnClock
 from media.errors import AudioFormatError
@@ -100,9 +97,6 @@ EVENT_QUEUE_SIZE = 512
 BARGE_IN = "barge-in"
 HOLD = "hold"
 """Why the agent's playout is paused (each holder releases only its own reason)."""
-
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
-"""Keys of a phone keypad (RFC 4733 events 0-15)."""
 
 FATAL_TASKS = frozenset({"audio-loop"})
 """Tasks without which the call cannot go on: their failure closes the session."""
@@ -144,7 +138,6 @@ class VoiceSession:
             trim_turns=config.llm.history_trim_turns,
         )
         self.history.restore(list(history))
-        self._generation = config.llm.generation()
         self._echo_guard = EchoGuard(
             config.interruption.filler_words, enabled=config.interruption.echo_guard == "on"
         )
@@ -177,27 +170,28 @@ class VoiceSession:
         self._state = SessionState.LISTENING
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue(EVENT_QUEUE_SIZE)
         self._reply: SpeechHandle | None = None
-        self._tools = tools if tools is not None and len(tools) else None
-        self._tool_settings = config.tools.to_settings()
         self.user_id = user_id
         """Whose accounts the tools act on (None: an anonymous caller)."""
         self.preferences: Mapping[str, Any] = dict(preferences or {})
         """The user's choices the tools follow (``{"platform": "spotify"}``)."""
-        self._may_act = asyncio.Event()
-        """Clear while a barge-in is pending: no tool starts until it is settled."""
-        self._may_act.set()
-        self._unsettled: dict[str, Reply] = {}
-        """Interrupted replies whose last round of tools still runs, by handle id: the
-        next reply waits for their results to be in the history."""
-        self._replies: dict[str, Reply] = {}
-        self._preemptive: PreemptiveReply | None = None
-        """The reply prepared for the pending turn, held until it is confirmed."""
+        self._replies = Replies(
+            config,
+            models,
+            self.playout,
+            self.history,
+            owner=f"session {self.id}",
+            tools=tools,
+            tool_context=self._tool_context,
+            on_speaking=self._on_speaking,
+        )
+        self._preemption = Preemption(
+            self.playout, self._launch_held, enabled=config.turn.preemptive_reply
+        )
         self._held: list[UserTurn] = []
         self._closing: asyncio.Task[None] | None = None
         self._shutting_down = False
         self._on_hold = False
-        self._digits = ""
-        self._digit_timer: asyncio.Task[None] | None = None
+        self._keypad = KeypadTurns(config.dtmf, self._tasks.spawn, self._keypad_turn)
         self.dropped_events = 0
         self.failure: str | None = None
         """Why the session closed itself (a fatal task failure), if it did."""
@@ -237,14 +231,12 @@ class VoiceSession:
             await asyncio.shield(closing)  # a fatal failure is closing it already
             return
         self._shutting_down = True  # input is refused from here on
-        self._drop_preemption()
+        self._preemption.drop()
         reply = self._reply
         if reply is not None and not reply.done:
             reply.interrupt()
             self._commit_reply(reply)
-        for unsettled in self._unsettled.values():
-            if unsettled.loop is not None:
-                unsettled.loop.abort()  # the call is over: no action waits any longer
+        self._replies.abort()
         await self._listener.aclose()
         await self._tasks.aclose()
         self._set_state(SessionState.CLOSED)
@@ -318,36 +310,17 @@ class VoiceSession:
         """A keypad digit from a phone caller: an event and, with ``dtmf.to_llm``, a user turn.
 
         Digits pressed within ``dtmf.collect_ms`` of each other form one turn;
-        "#" ends it at once.
+        "#" ends it at once (``agent.keypad``).
         """
         if not self.accepting_input:
             raise SessionClosedError("session is closed")
-        if len(digit) != 1 or digit not in DTMF_DIGITS:
-            raise ValueError(f"not a DTMF digit: {digit!r}")
+        check_digit(digit)
         self._emit(DtmfEvent(digit=digit, duration_ms=duration_ms))
-        settings = self.config.dtmf
-        if not settings.to_llm:
-            return
-        self._digits += digit
-        if self._digit_timer is not None:
-            self._digit_timer.cancel()
-            self._digit_timer = None
-        if digit == "#" or settings.collect_ms == 0:
-            self._flush_digits()
-        else:
-            self._digit_timer = self._tasks.spawn(
-                self._flush_digits_after(settings.collect_ms / 1000), "dtmf-collect"
-            )
+        self._keypad.press(digit)
 
-    async def _flush_digits_after(self, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        self._digit_timer = None
-        self._flush_digits()
-
-    def _flush_digits(self) -> None:
-        digits, self._digits = self._digits, ""
-        if digits and self.accepting_input:
-            self._typed_turn(self.config.dtmf.template.format(digits=digits))
+    def _keypad_turn(self, text: str) -> None:
+        if self.accepting_input:
+            self._typed_turn(text)
 
     @property
     def on_hold(self) -> bool:
@@ -420,7 +393,7 @@ class VoiceSession:
 
     def speech_started(self, turn_id: str, speech_start: float, now: float) -> None:
         """See ``agent.listener.Hearing``."""
-        self._drop_preemption()  # a new turn: a held reply answered an earlier one
+        self._preemption.drop()  # a new turn: a held reply answered an earlier one
         self._emit(VadEvent(speaking=True, stream_time=speech_start))
         self._apply(self._barge.speech_started(speech_start, now))
 
@@ -431,13 +404,13 @@ class VoiceSession:
 
     def speech_resumed(self, turn_id: str, now: float) -> None:
         """See ``agent.listener.Hearing``."""
-        self._drop_preemption()  # the caller goes on: the held reply answered too little
+        self._preemption.drop()  # the caller goes on: the held reply answered too little
         self._emit(VadEvent(speaking=True, stream_time=now))
         self._apply(self._barge.speech_resumed(now))
 
     def speech_discarded(self, turn_id: str, now: float) -> None:
         """See ``agent.listener.Hearing``."""
-        self._drop_preemption()
+        self._preemption.drop()
         self._apply(self._barge.speech_ended())
         self._start_held()
 
@@ -463,30 +436,33 @@ class VoiceSession:
     ) -> None:
         """See ``agent.listener.Hearing``: with ``turn.preemptive_reply``, start the
         reply to the pause's words now, held until the turn is confirmed."""
-        self._drop_preemption()  # an earlier pause's reply (normally dropped already)
-        if not self._may_preempt() or not self._heard_words(transcript.text).own:
-            return
-        tools = self._tools.specs() if self._tools is not None else ()
-        plan = ReplyPlan(messages=self.history.context_with_user(transcript.text), tools=tools)
-        held = PreemptiveReply(turn_id, speech_end, plan)
-        handle = SpeechHandle(turn_id=turn_id, playout=self.playout)
-        reply = self._new_reply(handle, plan, TurnClock.now(), emit=held.emit, held=held)
-        held.reply = reply
-        self._preemptive = held
-        handle.task = self._tasks.spawn(self._run_reply(reply), "reply-preemptive")
+        self._preemption.drop()  # an earlier pause's reply (normally dropped already)
+        if self._preemption.enabled and self._idle and self._heard_words(transcript.text).own:
+            messages = self.history.context_with_user(transcript.text)
+            plan = ReplyPlan(messages=messages, tools=self._replies.specs())
+            self._preemption.prepare(turn_id, speech_end, plan)
 
-    def _may_preempt(self) -> bool:
+    @property
+    def _idle(self) -> bool:
         """Only a caller talking to an idle agent gets a preemptive reply: over an active
         reply (a barge-in) the turn commits that reply first, so the request would differ."""
         return (
-            self.config.turn.preemptive_reply
-            and self.accepting_input
+            self.accepting_input
             and not self._on_hold
             and self._reply is None
             and not self._held
-            and not self._unsettled
+            and not self._replies.unsettled
             and not self._listener.finals_pending
         )
+
+    def _launch_held(self, held: PreemptiveReply) -> Reply:
+        """Build and start a held reply (``Preemption``'s launcher; the session owns its task)."""
+        handle = SpeechHandle(turn_id=held.turn_id, playout=self.playout)
+        reply = self._replies.build(
+            handle, held.plan, TurnClock.now(), emit=held.emit, confirmed=held.confirmed
+        )
+        handle.task = self._tasks.spawn(self._run_reply(reply), "reply-preemptive")
+        return reply
 
     def user_turn(self, turn: UserTurn) -> None:
         """See ``agent.listener.Hearing``: a turn with its final transcript."""
@@ -506,16 +482,14 @@ class VoiceSession:
             )
             self._hold(turn)
         self._start_held()
-        held = self._preemptive
-        if held is not None and held.turn_id == turn.turn_id:
-            self._drop_preemption()  # not adopted: the turn had no words to answer
+        self._preemption.drop(turn.turn_id)  # not adopted: the turn had no words to answer
 
     def stt_failed(self, turn_id: str, error: ProviderError, final: bool) -> None:
         """See ``agent.listener.Hearing``: with every STT provider down, the caller
         hears the apology rather than silence."""
         self._emit_error("stt", error)
         if final:
-            self._drop_preemption()
+            self._preemption.drop()
             self._apply(self._barge.turn_transcribed(0))
             if isinstance(error, AllProvidersFailedError) and self._reply is None:
                 self._apologize()
@@ -536,20 +510,12 @@ class VoiceSession:
             return  # more is coming: the next turn's text joins these
         last = self._held[-1]
         self._held.clear()
-        tools = self._tools.specs() if self._tools is not None else ()
-        plan = ReplyPlan(messages=self.history.context(), tools=tools)
-        held, self._preemptive = self._preemptive, None
+        plan = ReplyPlan(messages=self.history.context(), tools=self._replies.specs())
+        held = self._preemption.claim(last.turn_id, last.speech_end, plan)
         if held is not None:
-            reply = held.reply
-            if (
-                reply is not None
-                and not reply.handle.done  # failed or said nothing while held: ask afresh
-                and held.matches(last.turn_id, last.speech_end, plan.messages, plan.tools)
-            ):
-                self._adopt(held, reply, last.clock)
-                return
-            self._cancel_preemptive(held)
-        self._start_reply(last.turn_id, last.clock, plan)
+            self._adopt(held, last.clock)
+        else:
+            self._start_reply(last.turn_id, last.clock, plan)
 
     def _heard_words(self, text: str) -> HeardWords:
         """A transcript's content words (no fillers), split into the caller's own and
@@ -567,13 +533,13 @@ class VoiceSession:
             reply = self._reply
             if action is BargeInAction.PAUSE:
                 self.playout.pause(BARGE_IN)
-                self._may_act.clear()  # no tool starts while the caller may be stopping it
+                self._replies.hold_tools()  # none starts while the caller may be stopping it
                 self._listener.urgent_partials = True
                 if reply is not None:
                     self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=action.value))
             elif action is BargeInAction.RESUME:
                 self.playout.resume(BARGE_IN)
-                self._may_act.set()
+                self._replies.allow_tools()
                 self._listener.urgent_partials = False
                 if reply is not None and not reply.done:
                     self._emit(InterruptionEvent(turn_id=reply.turn_id, phase=action.value))
@@ -595,85 +561,32 @@ class VoiceSession:
     def _start_reply(
         self, turn_id: str, clock: TurnClock, plan: ReplyPlan, *, local_voice: bool = False
     ) -> None:
-        self._drop_preemption()
+        self._preemption.drop()
         self._interrupt_reply()
         handle = SpeechHandle(turn_id=turn_id, playout=self.playout)
-        reply = self._new_reply(handle, plan, clock, emit=self._emit, local_voice=local_voice)
-        self._replies[handle.id] = reply
+        reply = self._replies.build(handle, plan, clock, emit=self._emit, local_voice=local_voice)
+        self._replies.track(reply)
         self._reply = handle
         self._set_state(SessionState.THINKING)
         handle.task = self._tasks.spawn(self._run_reply(reply), "reply")
         self._apply(self._barge.reply_started(self._listener.now))
 
-    def _new_reply(
-        self,
-        handle: SpeechHandle,
-        plan: ReplyPlan,
-        clock: TurnClock,
-        *,
-        emit: Callable[[AgentEvent], None],
-        local_voice: bool = False,
-        held: PreemptiveReply | None = None,
-    ) -> Reply:
-        clock.usage.chains = dict(self._models.chains)
-        return Reply(
-            handle,
-            plan,
-            clock,
-            llm=self._models.llm,
-            tts=self._models.apology_voice if local_voice else self._models.tts,
-            playout=self.playout,
-            generation=self._generation,
-            chunker=self.config.chunker.to_settings(),
-            emit=emit,
-            on_speaking=self._on_speaking,
-            tools=self._tool_use(handle, held) if plan.tools else None,
-            held=held is not None,
-        )
-
-    def _adopt(self, held: PreemptiveReply, reply: Reply, clock: TurnClock) -> None:
+    def _adopt(self, held: PreemptiveReply, clock: TurnClock) -> None:
         """The turn a held reply answers is confirmed: it becomes the turn's reply."""
-        handle = reply.handle
-        reply.clock.confirm(clock)
-        self._replies[handle.id] = reply
-        self._reply = handle
+        reply = held.reply
+        assert reply is not None  # a claimed reply was launched
+        self._replies.track(reply)
+        self._reply = reply.handle
         self._set_state(SessionState.THINKING)
-        held.release(self._emit)  # its kept events go out in order; its tools may run
-        self.playout.release(handle.id)
+        self._preemption.adopt(held, clock, self._emit)  # its kept events go out in order
         self._apply(self._barge.reply_started(self._listener.now))
-
-    def _drop_preemption(self) -> None:
-        held, self._preemptive = self._preemptive, None
-        if held is not None:
-            self._cancel_preemptive(held)
-
-    def _cancel_preemptive(self, held: PreemptiveReply) -> None:
-        """Stop a held reply unheard: nothing of it is committed or sent."""
-        held.drop()
-        if held.reply is not None:
-            handle = held.reply.handle
-            handle.interrupt()
-            self.playout.clear(handle.id)  # a reply that ended while held may have audio
-            self.playout.forget(handle.id)
 
     async def _run_reply(self, reply: Reply) -> None:
         handle = reply.handle
-        failure: AgentError | None = None
         apologize = False
         try:
-            try:
-                if self._unsettled and reply.plan.canned is None:
-                    await self._settle(reply)
-                await reply.run()
-            except* AgentError as group:
-                failure = group.exceptions[0]  # type: ignore[assignment]
-            except* Exception as group:
-                log.error(
-                    "session %s: reply failed: %s", self.id, describe_failure(group.exceptions[0])
-                )
-                failure = AgentError(f"internal error: {type(group.exceptions[0]).__name__}")
-            held = self._preemptive
-            if failure is not None and held is not None and held.reply is reply:
+            failure = await self._replies.run(reply)
+            if failure is not None and self._preemption.holds(reply):
                 # unseen: the confirmation asks afresh, and that reply reports its failure
                 log.debug("session %s: a held reply failed: %s", self.id, failure)
                 self.playout.clear(handle.id)
@@ -689,43 +602,15 @@ class VoiceSession:
                 self.playout.clear(handle.id)
         finally:
             self._commit_reply(handle)
-            self._unsettled.pop(handle.id, None)
+            self._replies.ended(handle.id)
         if apologize and self._reply is None and self.accepting_input:
             self._apologize()
 
-    def _tool_use(
-        self, handle: SpeechHandle, held: PreemptiveReply | None = None
-    ) -> ToolUse | None:
-        """The reply's tools; they wait while a barge-in is pending and, for a held
-        reply, until its turn is confirmed (a tool never runs preemptively)."""
-        if self._tools is None:
-            return None
-        context = ToolContext(
-            session_id=self.id,
-            user_id=self.user_id,
-            turn_id=handle.turn_id,
-            preferences=self.preferences,
+    def _tool_context(self, turn_id: str) -> ToolContext:
+        """What a turn's tools act on: this call, and the caller as known now."""
+        return ToolContext(
+            session_id=self.id, user_id=self.user_id, turn_id=turn_id, preferences=self.preferences
         )
-
-        def late_round(round_: ToolRound) -> None:
-            # An interrupted reply's round ended after the reply was committed: its
-            # completed actions still belong in the conversation.
-            self.history.add_tool_exchange(round_.calls, round_.contents())
-
-        async def may_act() -> None:
-            if held is not None:
-                await held.confirmed.wait()
-            await self._may_act.wait()
-
-        return ToolUse(self._tools, self._tool_settings, context, may_act, late_round)
-
-    async def _settle(self, reply: Reply) -> None:
-        """Wait for interrupted replies' tool rounds to end, then answer with their results
-        in the context (an action that may not be cancelled is known to the next reply)."""
-        tasks = [r.handle.task for r in self._unsettled.values() if r.handle.task is not None]
-        if tasks:
-            await asyncio.wait(tasks)
-            reply.plan = dataclasses.replace(reply.plan, messages=self.history.context())
 
     def _apologize(self) -> None:
         """Say the configured apology in the local voice, as a turn of its own (heard, so
@@ -739,14 +624,12 @@ class VoiceSession:
 
     def _commit_reply(self, handle: SpeechHandle) -> None:
         """Record the reply as heard, emit its events, return to LISTENING (once)."""
-        reply = self._replies.pop(handle.id, None)
+        reply = self._replies.take(handle.id)
         if reply is None:
-            return  # already committed
+            return  # already committed (or a held reply, never adopted)
         heard = handle.heard_text if handle.interrupted else handle.text.strip()
         self._echo_guard.reply_ended(heard, time.monotonic())
-        reply.commit(self.history, heard, interrupted=handle.interrupted)
-        if reply.acting and not handle.done:
-            self._unsettled[handle.id] = reply  # its round's results join the history later
+        self._replies.commit(reply, heard)  # a round still running gets its history slot
         self._emit(
             ReplyEvent(
                 turn_id=handle.turn_id,
@@ -763,7 +646,7 @@ class VoiceSession:
             self._barge.reply_ended()
             self._listener.urgent_partials = False
             self.playout.resume(BARGE_IN)
-            self._may_act.set()
+            self._replies.allow_tools()
             if self._state in (SessionState.THINKING, SessionState.SPEAKING):
                 self._set_state(SessionState.LISTENING)
 

@@ -28,7 +28,8 @@ Rules of a round:
   Calls of tools that may not be cancelled run to the end first (within
   their time budget; ``abort()`` stops them when the session closes); the
   round is then handed to ``on_late_round`` so its completed actions still
-  enter the history, and the cancellation goes on.
+  enter the history (where the reply was committed, before anything the
+  caller said since: ``agent.replies``), and the cancellation goes on.
 
 Every call is announced with a ``ToolCallEvent`` and ends with a
 ``ToolResultEvent`` (cancelled ones included). The loop keeps what the

@@ -13,8 +13,12 @@ Held utterances: an utterance opened with ``held=True`` (a reply prepared
 before the caller's turn is confirmed) is queued as usual but not played:
 ``pull`` stops at its first chunk and yields silence (it holds the line, and
 audio queued behind it waits too) until ``release``; ``clear`` drops it
-unheard. A held utterance fills the buffer up to its bound like any other,
-then its producer waits in ``push``.
+unheard. A held utterance has a bound of its own, ``max_held_ms`` (2 s by
+default, well under the buffer's): past it its producer waits in ``push``
+until the release (or the clear), so a reply prepared on a guess synthesizes
+only a head start, not its whole answer, while the caller's turn is still
+being heard and transcribed on the same cores. The bound counts the
+utterance's queued audio; the buffer's own bound applies as well.
 
 An echo canceller reads what the caller heard through ``tap()``: a
 ``ReferenceTap`` that keeps the last few hundred milliseconds of pulled frames
@@ -39,6 +43,8 @@ _RETIRED_IDS = 1024
 """How many forgotten utterance ids are remembered (so late producers cannot revive them)."""
 TAP_KEEP_MS = 500
 """Default span of agent output a ``ReferenceTap`` keeps for an echo canceller."""
+HELD_MS = 2_000
+"""Default bound of a held utterance's queued audio (``PlayoutBuffer.max_held_ms``)."""
 
 
 @dataclass(slots=True)
@@ -73,9 +79,13 @@ class _Utterance:
     segments: list[SegmentPlayback] = field(default_factory=list)
     finished: bool = False
     held: bool = False
+    queued: int = 0
+    """Samples of this utterance queued and not yet pulled."""
     first_audio_at: float | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    unheld: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a producer waiting on the held bound may go on (released or cleared)."""
 
 
 class ReferenceTap:
@@ -166,14 +176,22 @@ class PlayoutBuffer:
     """
 
     def __init__(
-        self, sample_rate: int, *, max_buffered_ms: int = 20_000, frame_ms: int = FRAME_MS
+        self,
+        sample_rate: int,
+        *,
+        max_buffered_ms: int = 20_000,
+        max_held_ms: int = HELD_MS,
+        frame_ms: int = FRAME_MS,
     ) -> None:
         if max_buffered_ms < frame_ms:
             raise ValueError("max_buffered_ms must hold at least one frame")
+        if max_held_ms < frame_ms:
+            raise ValueError("max_held_ms must hold at least one frame")
         self.sample_rate = sample_rate
         self.frame_samples = sample_rate * frame_ms // 1000
         self.frame_ms = frame_ms
         self._max_samples = sample_rate * max_buffered_ms // 1000
+        self._max_held = sample_rate * max_held_ms // 1000
         self._chunks: deque[_Chunk] = deque()
         self._queued = 0
         self._utterances: dict[str, _Utterance] = {}
@@ -189,17 +207,20 @@ class PlayoutBuffer:
     def open_utterance(self, utterance_id: str, *, held: bool = False) -> None:
         """Start accounting for an utterance (idempotent; a forgotten one stays closed).
 
-        ``held``: its audio is queued but not played until ``release`` (see the
-        module doc); it applies when the utterance is first opened.
+        ``held``: its audio is queued but not played until ``release``, at most
+        ``max_held_ms`` of it (see the module doc); it applies when the
+        utterance is first opened.
         """
         if utterance_id not in self._retired:
             self._utterances.setdefault(utterance_id, _Utterance(held=held))
 
     def release(self, utterance_id: str) -> None:
-        """Let a held utterance play (from the next ``pull``); a no-op for any other."""
+        """Let a held utterance play (from the next ``pull``) and its producer go on past
+        the held bound; a no-op for any other."""
         utt = self._utterances.get(utterance_id)
         if utt is not None:
             utt.held = False
+            utt.unheld.set()
 
     def is_held(self, utterance_id: str) -> bool:
         """Whether the utterance is open and held."""
@@ -221,17 +242,33 @@ class PlayoutBuffer:
         return seg
 
     async def push(self, segment: SegmentPlayback, pcm: PCM) -> None:
-        """Queue audio of a segment, waiting while the buffer is full."""
+        """Queue audio of a segment, waiting while the buffer is full (or, for a held
+        utterance, while its own bound is reached)."""
         if pcm.dtype != np.int16 or pcm.ndim != 1:
             raise AudioFormatError("playout expects flat mono int16 PCM")
         pos = 0
         while pos < pcm.size:
-            while self._queued >= self._max_samples:
-                self._room.clear()
-                await self._room.wait()
-            take = min(pcm.size - pos, self._max_samples - self._queued)
+            take = await self._room_for(segment.utterance_id)
+            take = min(pcm.size - pos, take)
             self._enqueue(segment, pcm[pos : pos + take])
             pos += take
+
+    async def _room_for(self, utterance_id: str) -> int:
+        """Wait until a sample of the utterance may be queued; how many may be."""
+        while True:
+            utt = self._utterances.get(utterance_id)
+            if utt is not None and utt.held and utt.queued >= self._max_held:
+                utt.unheld.clear()
+                await utt.unheld.wait()
+                continue
+            if self._queued >= self._max_samples:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            room = self._max_samples - self._queued
+            if utt is not None and utt.held:
+                room = min(room, self._max_held - utt.queued)
+            return room
 
     def _enqueue(self, segment: SegmentPlayback, pcm: PCM) -> None:
         utt = self._utterances.get(segment.utterance_id)
@@ -242,6 +279,7 @@ class PlayoutBuffer:
         self._chunks.append(_Chunk(segment, pcm))
         segment.pushed_samples += pcm.size
         self._queued += pcm.size
+        utt.queued += pcm.size
 
     def close_segment(self, segment: SegmentPlayback) -> None:
         """No more audio follows for this segment."""
@@ -277,6 +315,8 @@ class PlayoutBuffer:
                 chunk.offset += take
                 filled += take
                 chunk.segment.played_samples += take
+                if utt is not None:
+                    utt.queued -= take
                 if utt is not None and utt.first_audio_at is None:
                     utt.first_audio_at = time.monotonic()
                     utt.started.set()
@@ -356,11 +396,15 @@ class PlayoutBuffer:
         for uid, utt in self._utterances.items():
             if utterance_id is None or uid == utterance_id:
                 utt.finished = True
+                utt.queued = 0
                 utt.done.set()
+                utt.unheld.set()  # its producer goes on, and its late audio is dropped
 
     def forget(self, utterance_id: str) -> None:
         """Release the accounting of an utterance that is over; it can never reopen."""
-        self._utterances.pop(utterance_id, None)
+        utt = self._utterances.pop(utterance_id, None)
+        if utt is not None:
+            utt.unheld.set()
         self._retired[utterance_id] = None
         while len(self._retired) > _RETIRED_IDS:
             self._retired.popitem(last=False)

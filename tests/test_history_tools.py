@@ -87,3 +87,48 @@ def test_tool_call_deltas_assemble_in_index_order() -> None:
         nameless.calls()
     with pytest.raises(ValueError, match="not JSON"):
         ToolCall("x", "play", "{oops").parsed_arguments()
+
+
+def test_a_reserved_slot_takes_a_late_exchange_before_the_words_that_followed() -> None:
+    h = ChatHistory("sys")
+    h.add_user("play hello")
+    h.add_assistant("Sure,", interrupted=True)
+    slot = h.reserve()  # the reply was cut while its action still ran
+    assert slot.open and [m.role for m in h.messages()] == ["user", "assistant"]
+    h.add_user("what time is it")
+    h.add_tool_exchange([PLAY], {"call_1": "playing"}, at=slot)
+    assert not slot.open
+    assert [(m.role, m.content) for m in h.context()] == [
+        ("system", "sys"),
+        ("user", "play hello"),
+        ("assistant", "Sure,..."),
+        ("assistant", ""),
+        ("tool", "playing"),
+        ("user", "what time is it"),
+    ]
+    h.add_tool_exchange([PLAY], {"call_1": "again"}, at=slot)  # used up: nothing more goes in
+    assert [m.content for m in h.messages() if m.role == "tool"] == ["playing"]
+
+
+def test_an_open_slot_keeps_the_turns_apart_and_a_released_one_joins_them() -> None:
+    h = ChatHistory("sys")
+    h.add_user("play hello")
+    slot = h.reserve()  # the reply said nothing before its call
+    h.add_user("actually stop")
+    # while the action runs, the caller's new words are a turn of their own ...
+    assert [m.content for m in h.messages()] == ["play hello", "actually stop"]
+    h.release(slot)  # ... and when nothing completed, the slot was never there
+    assert [(m.role, m.content) for m in h.messages()] == [("user", "play hello actually stop")]
+    h.release(slot)  # idempotent
+    h.add_tool_exchange([PLAY], {"call_1": "late"}, at=slot)
+    assert [m.role for m in h.messages()] == ["user"]
+
+
+def test_a_slot_trimmed_with_its_turn_takes_nothing() -> None:
+    h = ChatHistory("sys", max_turns=1)
+    h.add_user("play hello")
+    slot = h.reserve()
+    h.add_user("pause")  # the first turn is trimmed, the slot with it
+    assert not slot.open
+    h.add_tool_exchange([PLAY], {"call_1": "playing"}, at=slot)
+    assert [(m.role, m.content) for m in h.messages()] == [("user", "pause")]

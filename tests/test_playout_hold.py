@@ -84,3 +84,34 @@ async def test_hold_applies_when_opened_and_release_of_unheld_is_a_no_op() -> No
     buf.release("u")
     buf.release("unknown")
     assert buf.pull()[1]
+
+
+async def test_a_held_utterance_has_a_small_bound_of_its_own() -> None:
+    # the buffer would take 20 s; a held utterance stops at its 300 ms
+    buf = PlayoutBuffer(16000, max_buffered_ms=20_000, max_held_ms=300)
+    buf.open_utterance("held", held=True)
+    seg = buf.open_segment("held", "a long answer prepared on a guess")
+    push = asyncio.create_task(buf.push(seg, np.ones(16000, np.int16)))  # 1 s
+    await asyncio.sleep(0.01)
+    assert not push.done() and buf.buffered_ms == 300 and seg.pushed_samples == 4800
+    await asyncio.sleep(0.05)
+    assert not push.done() and seg.pushed_samples == 4800  # it waits for the release
+    buf.release("held")
+    await asyncio.wait_for(push, 1)  # released: the rest goes in at once (the buffer has room)
+    assert seg.pushed_samples == 16000 and buf.buffered_ms == 1000
+    assert buf.pull()[1] and seg.played_samples == FRAME
+    # an utterance that is not held is bound only by the buffer
+    free = buf.open_segment("free", "said at once")
+    await asyncio.wait_for(buf.push(free, np.ones(16000, np.int16)), 1)
+
+
+async def test_a_cleared_held_utterance_lets_its_waiting_producer_go() -> None:
+    buf = PlayoutBuffer(16000, max_held_ms=100)
+    buf.open_utterance("held", held=True)
+    seg = buf.open_segment("held", "never heard")
+    push = asyncio.create_task(buf.push(seg, np.ones(8000, np.int16)))
+    await asyncio.sleep(0.01)
+    assert not push.done() and buf.buffered_ms == 100
+    buf.clear("held")
+    await asyncio.wait_for(push, 1)
+    assert buf.buffered_ms == 0 and seg.pushed_samples == 1600  # the rest was dropped

@@ -407,3 +407,46 @@ async def test_a_session_without_tools_offers_none(
     await drain(session)
     assert llm.requests[0].tools == ()
     assert [m.role for m in session.history.messages()] == ["user", "assistant"]
+
+
+@pytest.mark.parametrize("said_first", ["", "Sure."])
+async def test_a_late_round_goes_before_the_question_that_followed_it(
+    agent_config: AgentConfig, piper: PiperTTS, said_first: str
+) -> None:
+    """The caller asks something new while an action that may not be cancelled runs:
+    the action's round enters the history where it happened, so the next request
+    ends on the caller's new words, not on the late tool result."""
+    gate = asyncio.Event()
+    player = Player(gate=gate)
+    registry = ToolRegistry([Tool(PLAY_SPEC, player, cancellable=False)])
+    first: list[Any] = [said_first] if said_first else []
+    llm = ScriptedLLM([[*first, call("play_track", '{"query": "hello"}')], "It is five."])
+    config = tool_config(agent_config, filler_after_ms=5000)
+    async with session_of(config, llm, piper, registry) as session:
+        await session.send_text("play hello")
+        await player.started.wait()
+        if said_first:  # the caller hears the words before the call, then cuts in
+            deadline = time.monotonic() + 10
+            while not session.playout.segments(session.reply.id if session.reply else ""):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.005)
+            while session.reply is not None and not session.reply.heard_text:
+                assert time.monotonic() < deadline
+                session.playout.pull()
+                await asyncio.sleep(0.001)
+        await session.send_text("what time is it")
+        await asyncio.sleep(0.05)
+        gate.set()  # the action ends after the new question entered the history
+        await drain(session)
+        history = session.history.messages()
+    assert player.finished == 1
+    asked = llm.requests[1].messages
+    assert asked[-1].role == "user" and normalize(asked[-1].content) == "what time is it"
+    roles = [m.role for m in asked[1:]]  # after the system prompt
+    assert roles[-3:] == ["assistant", "tool", "user"]
+    assert [m.content for m in tool_messages(asked)] == ["Now playing Hello."]
+    assert normalize(asked[1].content) == "play hello"
+    if said_first:
+        assert [m.role for m in history[:2]] == ["user", "assistant"]
+        assert normalize(history[1].content).startswith("sure")
+    assert history[-1].content == "It is five."
