@@ -19,16 +19,27 @@ tools:
       headers_from_env: {Authorization: WEATHER_AUTH}  # header -> env var name
       result_field: current.summary                   # what the model reads
       timeout_s: 5
-      cancellable: true
+      cancellable: true                               # default: method == GET
       action: null                                    # a lookup, not an action
 ```
 
 An HTTP tool's scheme, host and port are fixed by its URL; placeholders may
 only stand in the path and query, and only for declared parameters, so a
-model can never point a request at another server. Arguments not used in
-the URL go to the query string (GET, DELETE) or the JSON body (POST, PUT,
-PATCH). Header values come from environment variables named here (never
-written in the YAML, never logged); a missing variable fails at start-up.
+model can never point a request at another server. Nor at another path of
+it: a value is percent-encoded into its place (a ``/`` in it stays inside
+the segment), and a path placeholder whose value is empty or only dots
+(``.``, ``..``, which would walk up the path) is refused with
+``bad_arguments``, as is any URL whose path no longer begins with the
+template's fixed part (``agent.http_tools``). Arguments not used in the URL
+go to the query string (GET, DELETE) or the JSON body (POST, PUT, PATCH).
+Header values come from environment variables named here (never written in
+the YAML, never logged); a missing variable fails at start-up.
+
+``cancellable`` (whether barge-in may cancel a call in flight) defaults to
+true for GET only: a POST, PUT, PATCH or DELETE changes something, so once
+sent it completes unless the YAML says ``cancellable: true``. Without a
+``result_field`` the model reads the whole answer (cut to the tool result's
+bound) while clients get it in ``data`` only when it is small.
 """
 
 from __future__ import annotations
@@ -78,11 +89,20 @@ class HttpToolConfig(_Section):
     """A dotted path into the JSON answer; only that part is given to the model."""
     timeout_s: float = Field(5.0, gt=0.0, le=60.0)
     cancellable: bool = True
+    """Whether barge-in may cancel a call in flight; unset in the YAML: only a GET is."""
     filler: str | None = Field(None, max_length=200)
     action: str | None = Field("", max_length=64)
     """The action a success completes, for the interaction log and ``action_result``
     (empty: the tool's name; null: a lookup that changes nothing)."""
     max_response_bytes: int = Field(65_536, ge=256, le=4_194_304)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_cancellable(cls, data: Any) -> Any:
+        """``cancellable`` left out: a GET may be cancelled, a call that changes things not."""
+        if isinstance(data, dict) and data.get("cancellable") is None:
+            return {**data, "cancellable": data.get("method", "GET") == "GET"}
+        return data
 
     @field_validator("name")
     @classmethod

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -175,6 +175,12 @@ async def _room_reader(st: AppState, room_id: str, authorization: str | None) ->
     return True
 
 
+async def _reap(task: asyncio.Task[None]) -> None:
+    """Cancel an owned task and wait for it to end."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def create_app(
     settings: ServerSettings | None = None,
     models: AgentModels | None = None,
@@ -194,112 +200,118 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = models is None
-        store = await Store.open(store_settings or StoreSettings())
-        loaded: AgentModels = (
-            models if models is not None else await asyncio.to_thread(AgentModels.load, config)
-        )
-        if own and settings.warm_up:
-            warmed = await warm_up(loaded, config)
-            log.info("warmed up in %s s", warmed)
-        # Calls speak through the phrase cache (greetings and fixed phrases come back at once).
-        call_models = dataclasses.replace(loaded, tts=cached_tts(loaded.tts, store.phrases))
-        metrics = ServerMetrics(prices)
-        tracing = start_tracing()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
-        metrics.watch_store(store.stats)
-        if loaded.fallback_stats is not None:
-            metrics.watch_fallback(loaded.fallback_stats, lambda: breaker_states(loaded))
-        # The agent's tools: HTTP tools from its YAML (the music tools join below).
-        http = http_tools(config.tools)
-        tools = ToolRegistry(endpoint.tool() for endpoint in http)
-        calls = CallManager(
-            call_models,
-            config,
-            tools=tools,
-            max_calls=settings.max_calls,
-            idle_timeout_s=settings.idle_timeout_s,
-            no_audio_timeout_s=settings.no_audio_timeout_s,
-            on_end=lambda call: metrics.call_ended(call.transport, call.end_reason),
-            store=store,
-            sinks=[metrics.observe] if tracing is None else [metrics.observe, tracing.sink],
-            prices=prices,
-            ledger=open_ledger(
-                redis_url=store.settings.redis_url,
-                prefix=store.settings.key_prefix,
-                data_dir=store.settings.data_dir,
-                workers=settings.worker_count,
-            ),
-        )
-        limits = RateLimits.from_settings(
-            settings, redis_url=store.settings.redis_url, prefix=store.settings.key_prefix
-        )
-        metrics.watch_rate_limits(limits.stats)
-        app.state.parley = AppState(
-            settings=settings,
-            config=config,
-            models=loaded,
-            tokens=TokenService.from_settings(
-                settings.jwt_secret, store.settings.data_dir, settings.token_ttl_s
-            ),
-            rooms=store.rooms,
-            calls=calls,
-            metrics=metrics,
-            chats=TextChats(config, loaded, store, tools=tools),
-            store=store,
-            started_at=time.time(),
-            access=AccessControl(settings, store.keys),
-            limits=limits,
-        )
-        livekit_settings = LiveKitSettings()
-        if livekit_settings.configured:
-            app.state.parley.livekit = LiveKitRooms(livekit_settings)
-        # Music platforms: OAuth clients and users' access tokens; others attach connect hooks.
-        platforms = Platforms.open(settings, store.accounts, app.state.parley.tokens)
-        app.state.parley.platforms = platforms
-        # Their adapters, the tiered music search, the library sync and the music tools.
-        music = await Music.open(platforms, store, observe=metrics.music_search)
-        for tool in music.tools():
-            tools.register(tool)
-        app.state.parley.music = music
-        app.state.parley.tools = tools
-        # One SIP listener per server: worker 0 holds the port and its calls.
-        sip = await start_sip(app.state.parley) if settings.worker_index == 0 else None
-        app.state.parley.sip = sip[0] if sip is not None else None
-        # Periodic jobs: memory trim in every worker, store purge and retention on worker 0.
-        jobs = JobRunner(maintenance_jobs(app.state.parley))
-        app.state.parley.jobs = jobs
-        jobs.start()
-        if LIBRARY_SYNC_JOB in jobs.jobs:  # in-process library sync (no Redis)
-            music.wake = lambda: jobs.run_soon(LIBRARY_SYNC_JOB)
-        publisher: asyncio.Task[None] | None = None
-        if settings.worker_count > 1:
-            shared = WorkerMetrics(
-                store.settings.data_dir / "metrics", settings.worker_index, metrics.render
+        # Each resource's release is pushed as it opens: a step that fails releases what
+        # the steps before it opened, and shutdown closes everything in reverse order
+        # (jobs, SIP, then the calls, then what the calls use, the store last).
+        async with AsyncExitStack() as stack:
+            own = models is None
+            store = await Store.open(store_settings or StoreSettings())
+            stack.push_async_callback(store.close)
+            loaded: AgentModels = (
+                models if models is not None else await asyncio.to_thread(AgentModels.load, config)
             )
-            app.state.parley.worker_metrics = shared
-            publisher = asyncio.get_running_loop().create_task(shared.run(), name="metrics:publish")
-        log.info("parley ready: models loaded in %s s", loaded.load_seconds)
-        log.info("%s; rate limits in %s", access_summary(settings), limits.backend)
-        try:
-            yield
-        finally:
-            await jobs.aclose()  # first: no purge may run against a closing store
-            if publisher is not None:
-                publisher.cancel()
-                await asyncio.gather(publisher, return_exceptions=True)
-            await limits.aclose()
-            if sip is not None:
-                await sip[0].aclose()  # BYE to every phone caller first
-            await calls.shutdown()
-            if tracing is not None:  # export the last turns' spans
-                await asyncio.to_thread(tracing.shutdown)
-            await music.aclose()
-            for endpoint in http:
-                await endpoint.aclose()
-            await platforms.aclose()
-            await store.close()
             if own:
-                await loaded.aclose()
+                stack.push_async_callback(loaded.aclose)
+            if own and settings.warm_up:
+                warmed = await warm_up(loaded, config)
+                log.info("warmed up in %s s", warmed)
+            # Calls speak through the phrase cache (greetings and fixed phrases come back at once).
+            call_models = dataclasses.replace(loaded, tts=cached_tts(loaded.tts, store.phrases))
+            metrics = ServerMetrics(prices)
+            tracing = start_tracing()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+            if tracing is not None:  # exports the last turns' spans once the calls ended
+                stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+            metrics.watch_store(store.stats)
+            if loaded.fallback_stats is not None:
+                metrics.watch_fallback(loaded.fallback_stats, lambda: breaker_states(loaded))
+            # The agent's tools: HTTP tools from its YAML, and the music tools.
+            http = http_tools(config.tools)
+            for endpoint in http:
+                stack.push_async_callback(endpoint.aclose)
+            tools = ToolRegistry(endpoint.tool() for endpoint in http)
+            tokens = TokenService.from_settings(
+                settings.jwt_secret,
+                store.settings.data_dir,
+                settings.token_ttl_s,
+                chain_max_s=settings.session_chain_max_s,
+            )
+            # Music platforms: OAuth clients and users' access tokens (others attach connect
+            # hooks); their adapters, the tiered music search, the library sync and the
+            # music tools. Opened before the calls that use them, so closed after them.
+            platforms = Platforms.open(settings, store.accounts, tokens)
+            stack.push_async_callback(platforms.aclose)
+            music = await Music.open(platforms, store, observe=metrics.music_search)
+            stack.push_async_callback(music.aclose)
+            for tool in music.tools():
+                tools.register(tool)
+            calls = CallManager(
+                call_models,
+                config,
+                tools=tools,
+                max_calls=settings.max_calls,
+                idle_timeout_s=settings.idle_timeout_s,
+                no_audio_timeout_s=settings.no_audio_timeout_s,
+                on_end=lambda call: metrics.call_ended(call.transport, call.end_reason),
+                store=store,
+                sinks=[metrics.observe] if tracing is None else [metrics.observe, tracing.sink],
+                prices=prices,
+                ledger=open_ledger(
+                    redis_url=store.settings.redis_url,
+                    prefix=store.settings.key_prefix,
+                    data_dir=store.settings.data_dir,
+                    workers=settings.worker_count,
+                ),
+            )
+            stack.push_async_callback(calls.shutdown)
+            limits = RateLimits.from_settings(
+                settings, redis_url=store.settings.redis_url, prefix=store.settings.key_prefix
+            )
+            stack.push_async_callback(limits.aclose)
+            metrics.watch_rate_limits(limits.stats)
+            app.state.parley = AppState(
+                settings=settings,
+                config=config,
+                models=loaded,
+                tokens=tokens,
+                rooms=store.rooms,
+                calls=calls,
+                metrics=metrics,
+                chats=TextChats(config, loaded, store, tools=tools),
+                store=store,
+                started_at=time.time(),
+                access=AccessControl(settings, store.keys),
+                limits=limits,
+            )
+            livekit_settings = LiveKitSettings()
+            if livekit_settings.configured:
+                app.state.parley.livekit = LiveKitRooms(livekit_settings)
+            app.state.parley.platforms = platforms
+            app.state.parley.music = music
+            app.state.parley.tools = tools
+            # One SIP listener per server: worker 0 holds the port and its calls.
+            sip = await start_sip(app.state.parley) if settings.worker_index == 0 else None
+            if sip is not None:
+                stack.push_async_callback(sip[0].aclose)  # BYE to every phone caller first
+            app.state.parley.sip = sip[0] if sip is not None else None
+            # Periodic jobs: memory trim in every worker, store purge and retention on worker 0.
+            jobs = JobRunner(maintenance_jobs(app.state.parley))
+            app.state.parley.jobs = jobs
+            jobs.start()
+            stack.push_async_callback(jobs.aclose)  # no purge may run against a closing store
+            if LIBRARY_SYNC_JOB in jobs.jobs:  # in-process library sync (no Redis)
+                music.wake = lambda: jobs.run_soon(LIBRARY_SYNC_JOB)
+            if settings.worker_count > 1:
+                shared = WorkerMetrics(
+                    store.settings.data_dir / "metrics", settings.worker_index, metrics.render
+                )
+                app.state.parley.worker_metrics = shared
+                publisher = asyncio.get_running_loop().create_task(
+                    shared.run(), name="metrics:publish"
+                )
+                stack.push_async_callback(_reap, publisher)
+            log.info("parley ready: models loaded in %s s", loaded.load_seconds)
+            log.info("%s; rate limits in %s", access_summary(settings), limits.backend)
+            yield
 
     app = FastAPI(
         title="Parley",
@@ -486,6 +498,7 @@ def _install_routes(app: FastAPI) -> None:
             "store_pending_writes": st.store.writer.pending,
             "store_stats": st.store.stats(),
             "jobs": st.jobs.describe() if st.jobs is not None else {},
+            "library_sync": st.music.describe() if st.music is not None else None,
             "memory_trim": dataclasses.asdict(allocator.STATS),
             "uptime_s": round(time.time() - st.started_at, 1),
         }

@@ -8,11 +8,18 @@ last sync is older than ``interval_s`` (6 h by default) or that never synced.
 
 It never runs on a call's path: an account is synced when it is linked (the
 ``on_connected`` hook only *requests* a sync) and periodically, by a job
-library: arq on Redis when ``REDIS_URL`` is set (``signaling.sync_queue``),
-else the server's in-process ``JobRunner`` (``signaling.jobs.library_jobs``). A sync that
-fails is logged by exception class and retried at the next scan; an account
-the platform no longer accepts is left to the token service, which marks it
-disconnected (so it drops out of the scan).
+library: arq on Redis when ``REDIS_URL`` is set (``signaling.sync_queue``,
+one job per due account), else the server's in-process ``JobRunner``
+(``signaling.jobs.library_jobs``). A sync that fails, for whatever reason, is
+logged by exception class, counted (``failures``) and retried at the next
+scan, and never stops the other accounts' syncs; an account the platform no
+longer accepts is left to the token service, which marks it disconnected (so
+it drops out of the scan).
+
+An account unlinked while its library is being copied keeps nothing: the
+account is checked before the copy is written and again after (an unlink
+whose own clean-up ran before the write landed), and a copy found orphaned
+is forgotten.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from store.library import (
     LibraryRepository,
     LibraryTrackRecord,
 )
-from store.models import utcnow
+from store.models import aware, utcnow
 from store.platform_accounts import PlatformAccountRepository
 
 log = logging.getLogger(__name__)
@@ -44,12 +51,6 @@ MAX_PENDING: Final = 10_000
 """Sync requests held in process (in-process mode); past it the oldest are dropped: the
 periodic scan still syncs those accounts (they never synced, so they are due)."""
 JOB_NAME: Final = "library-sync"
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)
 
 
 class LibrarySync:
@@ -94,7 +95,11 @@ class LibrarySync:
             ],
             [LibraryPlaylistRecord(p.id, p.uri, p.name, p.track_count, p.owned) for p in playlists],
         )
-        await self.accounts.mark_synced(user_id, platform, counts.synced_at)
+        if not await self.accounts.mark_synced(user_id, platform, counts.synced_at):
+            # Unlinked between the check and the write: the unlink may have forgotten the
+            # library before this copy landed, so it is forgotten again.
+            await self.library.forget(user_id, platform)
+            raise NotConnectedError(platform, "the account was removed during its sync")
         self.synced += 1
         log.info(
             "library sync: %s account synced (%d tracks, %d playlists)",
@@ -105,7 +110,8 @@ class LibrarySync:
         return counts
 
     async def try_sync(self, user_id: str, platform: str) -> bool:
-        """``sync``, with a platform failure logged and counted instead of raised."""
+        """``sync``, with any failure logged (by class) and counted instead of raised: a
+        failing account never stops the others'. ``CancelledError`` propagates."""
         try:
             await self.sync(user_id, platform)
         except NotConnectedError:
@@ -114,6 +120,10 @@ class LibrarySync:
         except PlatformError as exc:
             self.failures += 1
             log.warning("library sync: %s failed (%s)", platform, type(exc).__name__)
+            return False
+        except Exception as exc:  # the store, a bug: this account only; CancelledError passes
+            self.failures += 1
+            log.error("library sync: %s failed unexpectedly (%s)", platform, type(exc).__name__)
             return False
         return True
 
@@ -148,16 +158,23 @@ class LibrarySync:
             done += await self.try_sync(user_id, platform)
         return done
 
-    async def sync_due(self, now: dt.datetime | None = None) -> int:
-        """Sync every connected account whose last sync is older than ``interval_s``;
-        returns how many synced."""
+    async def due(self, now: dt.datetime | None = None) -> list[tuple[str, str]]:
+        """``(user_id, platform)`` of every connected account of a platform synced here
+        whose last sync is older than ``interval_s`` (or that never synced)."""
         cutoff = (now or utcnow()) - dt.timedelta(seconds=self.interval_s)
-        done = 0
+        out: list[tuple[str, str]] = []
         for account in await self.accounts.connected():
             if account.platform not in self.platforms:
                 continue
-            last = _aware(account.last_sync_at)
-            if last is not None and last > cutoff:
-                continue
-            done += await self.try_sync(account.user_id, account.platform)
+            last = aware(account.last_sync_at)
+            if last is None or last <= cutoff:
+                out.append((account.user_id, account.platform))
+        return out
+
+    async def sync_due(self, now: dt.datetime | None = None) -> int:
+        """Sync every account ``due`` for it, one after another (in-process mode; arq
+        enqueues a job each instead); returns how many synced."""
+        done = 0
+        for user_id, platform in await self.due(now):
+            done += await self.try_sync(user_id, platform)
         return done

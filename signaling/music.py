@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -30,6 +31,7 @@ from agent.platforms.spotify import SpotifyPlatform
 from agent.tools import Tool
 from signaling.library_sync import LibrarySync
 from signaling.music_search import TieredMusicResolver
+from signaling.platform_settings import SpotifySettings
 from signaling.platforms import Platforms
 from signaling.sync_queue import SyncQueue
 from store.platform_accounts import AccountInfo
@@ -38,10 +40,13 @@ from store.store import Store
 log = logging.getLogger(__name__)
 
 
-def build_adapter(name: str, api_url: str, tokens: AccessTokens) -> MusicPlatform | None:
-    """The adapter of platform ``name`` on ``api_url`` (None: a platform without one)."""
+def build_adapter(
+    name: str, api_url: str, tokens: AccessTokens, *, market: str | None = None
+) -> MusicPlatform | None:
+    """The adapter of platform ``name`` on ``api_url`` (None: a platform without one);
+    ``market``: the country Spotify's searches ask for."""
     if name == "spotify":
-        return SpotifyPlatform(tokens, base_url=api_url)
+        return SpotifyPlatform(tokens, base_url=api_url, market=market)
     if name == "soundcloud":
         return SoundCloudPlatform(tokens, base_url=api_url)
     return None
@@ -70,10 +75,14 @@ class Music:
         """Adapters for the configured platforms, the resolver and the sync (started)."""
         adapters: dict[str, MusicPlatform] = {}
         for name in platforms.clients:
-            adapter = build_adapter(name, platforms.settings[name].api_url, platforms.tokens)
+            conf = platforms.settings[name]
+            market = conf.market if isinstance(conf, SpotifySettings) else None
+            adapter = build_adapter(name, conf.api_url, platforms.tokens, market=market)
             if adapter is not None:
                 adapters[name] = adapter
-        resolver = TieredMusicResolver(adapters, store.cache, store.library, observe=observe)
+        resolver = TieredMusicResolver(
+            adapters, store.cache, store.library, accounts=store.accounts, observe=observe
+        )
         sync = LibrarySync(adapters, store.library, store.accounts)
         queue: SyncQueue | None = None
         redis_url = store.settings.redis_url
@@ -92,6 +101,19 @@ class Music:
         platforms.on_connected.append(music.connected)
         platforms.on_disconnected.append(music.disconnected)
         return music
+
+    def describe(self) -> dict[str, Any]:
+        """The library sync's state for ``/health``: how it is scheduled, its counts, and
+        the arq queue's health (``SyncQueue.stats``) when it runs there."""
+        out: dict[str, Any] = {
+            "scheduler": "arq" if self.queue is not None else "in_process",
+            "synced": self.sync.synced,
+            "failures": self.sync.failures,
+            "pending": self.sync.pending,
+        }
+        if self.queue is not None:
+            out["queue"] = self.queue.stats()
+        return out
 
     def tools(self, default_platform: str | None = None) -> list[Tool]:
         """The music tools over the configured platforms (none when no platform is)."""

@@ -85,6 +85,10 @@ class SpotifySettings(OAuthClientSettings):
     api_url: str = "https://api.spotify.com/v1"
     revoke_url: str | None = None  # Spotify documents no revocation endpoint
     client_auth: Literal["basic", "body"] = "basic"
+    market: str | None = Field(None, pattern=r"^[A-Z]{2}$")
+    """The ISO 3166-1 country searches ask for (``PARLEY_SPOTIFY_MARKET``, e.g. ``SE``);
+    unset: each account's own. Search answers are cached per market
+    (``signaling.music_search``)."""
     scopes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
             "user-read-playback-state",

@@ -9,6 +9,12 @@ row again: when another worker has meanwhile refreshed (single-use refresh
 tokens, as SoundCloud issues, make the second refresh fail) its tokens are
 used. A refresh the platform really refuses (400 ``invalid_grant``, 401)
 marks the account disconnected and raises ``NotConnectedError``.
+
+The new tokens are stored only if the account still holds the tokens the
+refresh was made with (``PlatformAccountRepository.refreshed``): an account
+linked again while a slow refresh was under way keeps its new tokens, which
+are then handed out. Stored tokens that no configured key opens are a
+``PlatformError`` wherever they are read, never a raw decryption error.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Mapping
 from agent.platforms.base import NotConnectedError, PlatformError
 from signaling.oauth import OAuthClient, OAuthRefusedError, OAuthUnavailableError
 from store.crypto import TokenDecryptError
-from store.platform_accounts import AccountCredentials, PlatformAccountRepository
+from store.platform_accounts import AccountCredentials, PlatformAccountRepository, TokenGrant
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +95,11 @@ class PlatformTokens:
             return True  # the platform gave no expiry: used until it is refused
         return expires - dt.datetime.now(dt.UTC) > dt.timedelta(seconds=self.margin_s)
 
-    async def _load(self, platform: str, user_id: str) -> AccountCredentials:
+    async def _read(self, platform: str, user_id: str) -> AccountCredentials | None:
+        """The stored account (None: none), its tokens decrypted; ``PlatformError`` when no
+        configured key opens them."""
         try:
-            creds = await self._accounts.credentials(user_id, platform)
+            return await self._accounts.credentials(user_id, platform)
         except TokenDecryptError:
             log.error(
                 "%s: a stored platform token cannot be decrypted: check PARLEY_TOKEN_KEY",
@@ -100,6 +108,9 @@ class PlatformTokens:
             raise PlatformError(
                 platform, "the stored account cannot be read (server key configuration)"
             ) from None
+
+    async def _load(self, platform: str, user_id: str) -> AccountCredentials:
+        creds = await self._read(platform, user_id)
         if creds is None:
             raise NotConnectedError(platform)
         if not creds.info.connected:
@@ -135,9 +146,32 @@ class PlatformTokens:
             raise PlatformError(
                 platform, "the token refresh failed; try again", retryable=True, status=exc.status
             ) from None
-        if not await self._accounts.refreshed(user_id, platform, grant):
+        if await self._accounts.refreshed(user_id, platform, grant, read=creds.revision):
+            return grant.access_token
+        return await self._changed_meanwhile(platform, user_id, creds, grant)
+
+    async def _changed_meanwhile(
+        self, platform: str, user_id: str, used: AccountCredentials, grant: TokenGrant
+    ) -> str:
+        """The token to hand out when the account no longer held the tokens ``used`` once
+        the refresh made with them returned: linked again or refreshed by another worker
+        (its stored tokens win), removed (``NotConnectedError``), or only re-encrypted
+        under a new key (the same tokens: the refresh's are stored after all)."""
+        latest = await self._read(platform, user_id)
+        same = latest is not None and (latest.access_token, latest.refresh_token) == (
+            used.access_token,
+            used.refresh_token,
+        )
+        if latest is not None and same:
+            if await self._accounts.refreshed(user_id, platform, grant, read=latest.revision):
+                return grant.access_token
+            latest = await self._read(platform, user_id)
+        if latest is None:
             raise NotConnectedError(platform)  # the account was removed meanwhile
-        return grant.access_token
+        if not latest.info.connected:
+            raise NotConnectedError(platform, "the account must be linked again", relink=True)
+        log.info("%s: the account changed during a refresh; its stored tokens are used", platform)
+        return latest.access_token
 
     async def _refreshed_elsewhere(
         self, platform: str, user_id: str, used: AccountCredentials
@@ -151,7 +185,7 @@ class PlatformTokens:
         """
         deadline = time.monotonic() + self.race_grace_s
         while True:
-            latest = await self._accounts.credentials(user_id, platform)
+            latest = await self._read(platform, user_id)
             if latest is None or not latest.info.connected:
                 return None
             if latest.refresh_token != used.refresh_token:

@@ -12,6 +12,11 @@ here ever answers with a token.
 login to this browser. The platform sends the browser back to
 ``GET .../callback`` with the code and the signed ``state``; the code is
 exchanged with the PKCE verifier and the tokens are stored encrypted.
+
+The cookie is scoped to the redirect URI as the browser sees it: its path
+and, unless it is plain ``http://``, ``Secure``. Behind a reverse proxy
+(a path prefix, TLS ended at the proxy) the configured
+``PARLEY_<NAME>_REDIRECT_URI`` names both.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -127,6 +133,15 @@ def _redirect_uri(client: OAuthClient, request: Request) -> str:
     return str(request.url_for("platform_callback", name=client.name))
 
 
+def _cookie_scope(redirect_uri: str) -> tuple[str, bool]:
+    """The login cookie's ``Path`` and ``Secure``: those of the URL the platform sends the
+    browser back to, as the browser sees it (behind a reverse proxy: the configured
+    redirect URI, with the proxy's path prefix and its TLS), not the path and scheme
+    this server was reached at. Secure unless that URL is plain ``http://``."""
+    parts = urlsplit(redirect_uri)
+    return parts.path or "/", parts.scheme != "http"
+
+
 UserParam = Annotated[
     str | None,
     Query(max_length=USER_ID_MAX, description="The user an admin credential acts for."),
@@ -169,8 +184,9 @@ async def login(
     if target is None:
         raise ApiError(404, "session_not_found", "the token's session no longer exists")
     issued = platforms.states.issue(name, target)
+    redirect_uri = _redirect_uri(client, request)
     url = client.authorize_url(
-        redirect_uri=_redirect_uri(client, request), state=issued.token, challenge=issued.challenge
+        redirect_uri=redirect_uri, state=issued.token, challenge=issued.challenge
     )
     wants_json = accept is not None and "application/json" in accept and "text/html" not in accept
     response: Response = (
@@ -180,12 +196,13 @@ async def login(
         if wants_json
         else RedirectResponse(url, status_code=302)
     )
+    path, secure = _cookie_scope(redirect_uri)
     response.set_cookie(
         cookie_name(name),
         issued.nonce,
         max_age=platforms.states.ttl_s,
-        path=f"/v1/platforms/{name}/callback",
-        secure=request.url.scheme == "https",
+        path=path,
+        secure=secure,
         httponly=True,
         samesite="lax",  # sent on the platform's top-level redirect back
     )
@@ -234,8 +251,9 @@ async def callback(
             "this login was started in another browser: start it again from /login here",
         )
     verifier = platforms.states.verifier(login_state.nonce)
+    redirect_uri = _redirect_uri(client, request)
     try:
-        grant = await client.exchange_code(code, verifier, _redirect_uri(client, request))
+        grant = await client.exchange_code(code, verifier, redirect_uri)
     except OAuthRefusedError as exc:
         raise ApiError(400, "code_rejected", str(exc)) from None
     except OAuthError as exc:
@@ -248,7 +266,10 @@ async def callback(
     log.info("%s: account linked", name)
     await platforms.connected(info)
     response = JSONResponse(_account_out(platforms, name, info))
-    response.delete_cookie(cookie_name(name), path=f"/v1/platforms/{name}/callback")
+    path, secure = _cookie_scope(redirect_uri)
+    response.delete_cookie(
+        cookie_name(name), path=path, secure=secure, httponly=True, samesite="lax"
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 

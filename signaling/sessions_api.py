@@ -97,10 +97,11 @@ def _session_out(st: AppState, row: VoiceSession) -> dict[str, Any]:
     }
 
 
-def new_session(st: AppState) -> dict[str, Any]:
-    """A fresh session id and the token that owns it."""
+def new_session(st: AppState, *, auth_time: int | None = None) -> dict[str, Any]:
+    """A fresh session id and the token that owns it (continuing the chain that began at
+    ``auth_time``; None: a new one, see ``signaling.tokens``)."""
     session_id = "ses_" + secrets.token_urlsafe(16)
-    token, exp = st.tokens.mint_session(session_id)
+    token, exp = st.tokens.mint_session(session_id, auth_time=auth_time)
     return {"id": session_id, "token": token, "token_expires_at": exp}
 
 
@@ -141,9 +142,11 @@ class SessionIn(BaseModel):
 
 async def _session_user(
     st: AppState, principal: Principal, body: SessionIn | None, earlier: str | None
-) -> str | None:
+) -> tuple[str | None, int | None]:
     """Whom a new session belongs to: the user an admin names, or the user of the earlier
-    session whose token is presented (None: an anonymous session)."""
+    session whose token is presented (None: an anonymous session); and the ``auth_time``
+    of the chain it continues (None: it starts one). A chain past its maximum age is
+    refused (401)."""
     named = body.user_id if body is not None else None
     if named is not None and earlier is not None:
         raise ApiError(400, "bad_request", "name a user_id or present a session token, not both")
@@ -151,10 +154,11 @@ async def _session_user(
         if not principal.allows("admin"):
             raise AccessError("only an admin credential names a session's user", 403)
         await st.store.users.ensure(named)
-        return named
+        return named, None
     if earlier is not None:
-        return await st.store.users.of_session(st.tokens.session_of(earlier))
-    return None
+        session_id, auth_time = st.tokens.session_chain(earlier)
+        return await st.store.users.of_session(session_id), auth_time
+    return None, None
 
 
 @router.post("", status_code=201, responses=error_responses(400, 401, 403, 409, 413, 429, 503))
@@ -175,10 +179,15 @@ async def create_session(
     (the new session belongs to that session's user), or an admin credential
     names the user in the body's ``user_id``. ``user_id`` in the answer is the
     session's user (null: anonymous until it links an account).
+
+    A session found by ``X-Session-Token`` continues that session's chain: its
+    token expires no later than ``PARLEY_SESSION_CHAIN_MAX_S`` after the chain's
+    first session, and a chain older than that is refused (401): the user signs
+    in again, by linking their account from a new session.
     """
     principal = await guard(st, request, authorization, bucket="create")
-    user_id = await _session_user(st, principal, body, x_session_token)
-    out = new_session(st)
+    user_id, auth_time = await _session_user(st, principal, body, x_session_token)
+    out = new_session(st, auth_time=auth_time)
     await st.store.sessions.create(out["id"], transport="none", key_id=principal.key_id)
     if user_id is not None and not await st.store.users.attach(out["id"], user_id):
         raise ApiError(409, "session_conflict", "the new session could not be given its user")

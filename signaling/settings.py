@@ -50,6 +50,12 @@ class ServerSettings(BaseSettings):
     workers sharing the data directory accept each other's. Set it when workers on
     several machines must accept each other's tokens."""
     token_ttl_s: int = Field(3600, ge=10)
+    session_chain_max_s: int = Field(30 * 24 * 3600, ge=60)
+    """How long a returning user's sessions may continue each other
+    (``PARLEY_SESSION_CHAIN_MAX_S``, default 30 days): a new session created with an
+    earlier session's token (``X-Session-Token``) joins its chain, whose tokens all
+    expire this long after its first one; then the user signs in again
+    (``signaling.tokens``)."""
     admin_token: SecretStr | None = Field(None, min_length=16)
     """Bootstrap admin credential (``Authorization: Bearer ...``): it has the ``admin``
     scope of an API key (every session, API keys, SIP admin), so an operator can create

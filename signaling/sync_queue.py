@@ -9,11 +9,20 @@ process, whichever is free:
   (arq refuses a second job with an id that is queued or running, so a burst of
   re-links makes one sync);
 * ``sync_due``: a cron job (``unique``: one run per tick across every process)
-  that syncs the accounts whose last sync is older than the interval.
+  that enqueues one ``sync_library`` job per account whose last sync is older
+  than the interval, so the syncs spread over every process's worker and one
+  slow or failing account holds up no other.
 
 Jobs keep no result (``keep_result=0``): a later link may request the same
 account again at once. The worker never handles signals (the server does);
 ``aclose`` stops it, waits for a running job and closes its connections.
+
+The worker runs under a supervisor (the owned task): when it stops on an
+error (Redis unreachable, a connection dropped) the error's class is logged,
+the queue reports itself unhealthy (``healthy``, ``stats()`` in ``/health``)
+and a new worker is started after a back-off (``restart_delay_s``, doubled
+per consecutive failure up to ``MAX_RESTART_DELAY_S``); the queue is healthy
+again once a worker has run ``HEALTHY_AFTER_S`` without failing.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from typing import Any, Final
 
 from arq import ArqRedis, create_pool
@@ -35,6 +45,11 @@ log = logging.getLogger(__name__)
 
 QUEUE_SUFFIX: Final = "arq:library"
 JOB_TIMEOUT_S: Final = 600.0
+RESTART_DELAY_S: Final = 1.0
+"""Wait before restarting a worker that stopped on an error (doubled per failure in a row)."""
+MAX_RESTART_DELAY_S: Final = 60.0
+HEALTHY_AFTER_S: Final = 5.0
+"""A (re)started worker that has polled this long without failing is healthy."""
 
 
 def _schedule(scan_interval_s: float) -> dict[str, Any]:
@@ -59,6 +74,7 @@ class SyncQueue:
         prefix: str = "parley:",
         scan_interval_s: float = SCAN_INTERVAL_S,
         poll_delay_s: float = 0.5,
+        restart_delay_s: float = RESTART_DELAY_S,
     ) -> None:
         self.sync = sync
         self.queue_name = prefix + QUEUE_SUFFIX
@@ -68,21 +84,78 @@ class SyncQueue:
         )
         self._scan_interval_s = scan_interval_s
         self._poll_delay_s = poll_delay_s
+        self._restart_delay_s = restart_delay_s
         self._pool: ArqRedis | None = None
         self._worker: Worker | None = None
         self._task: asyncio.Task[None] | None = None
+        self._started_at = 0.0
+        self._failing = False
+        self.restarts = 0
+        """Workers started again after one stopped on an error."""
+        self.last_error: str | None = None
+        """The exception class that last stopped a worker."""
+        self.enqueued = 0
+        """``sync_library`` jobs this process enqueued (connect requests and scans)."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether this process's worker is running and has not failed lately."""
+        if self._task is None or self._task.done() or self._failing:
+            return False
+        return self.restarts == 0 or time.monotonic() - self._started_at >= HEALTHY_AFTER_S
+
+    def stats(self) -> dict[str, Any]:
+        """The queue's state for ``/health``."""
+        return {
+            "healthy": self.healthy,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "enqueued": self.enqueued,
+        }
 
     async def start(self) -> None:
         """Connect and start this process's worker (idempotent)."""
         if self._task is not None:
             return
         self._pool = await create_pool(self._settings, default_queue_name=self.queue_name)
+        self._task = asyncio.get_running_loop().create_task(
+            self._supervise(self._pool), name="library-sync:arq"
+        )
 
+    async def _supervise(self, pool: ArqRedis) -> None:
+        """Run a worker; when it stops on an error, log it and start another after a
+        back-off (see the module docstring). Ends only when cancelled."""
+        delay = self._restart_delay_s
+        while True:
+            worker = self._new_worker(pool)
+            self._worker = worker
+            self._started_at = time.monotonic()
+            try:
+                await worker.async_run()
+                raise RuntimeError("the arq worker returned")  # it polls until cancelled
+            except Exception as exc:
+                if time.monotonic() - self._started_at > MAX_RESTART_DELAY_S:
+                    delay = self._restart_delay_s  # it had run a good while: not a failure loop
+                self._failing = True
+                self.last_error = type(exc).__name__
+                log.error(
+                    "library sync: the arq worker stopped (%s); restarting in %.1f s",
+                    type(exc).__name__,
+                    delay,
+                )
+            finally:
+                await _reap_jobs(worker)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY_S)
+            self.restarts += 1
+            self._failing = False
+
+    def _new_worker(self, pool: ArqRedis) -> Worker:
         async def sync_library(ctx: dict[str, Any], user_id: str, platform: str) -> bool:
             return await self.sync.try_sync(user_id, platform)
 
         async def sync_due(ctx: dict[str, Any]) -> int:
-            return await self.sync.sync_due()
+            return await self.enqueue_due()
 
         crons: list[CronJob] = [
             cron(
@@ -93,7 +166,7 @@ class SyncQueue:
                 **_schedule(self._scan_interval_s),
             )
         ]
-        self._worker = Worker(
+        return Worker(
             functions=[
                 func(
                     sync_library,
@@ -105,15 +178,12 @@ class SyncQueue:
             ],
             cron_jobs=crons,
             queue_name=self.queue_name,
-            redis_pool=self._pool,
+            redis_pool=pool,
             handle_signals=False,
             poll_delay=self._poll_delay_s,
             max_jobs=2,
             keep_result=0,
             log_results=False,
-        )
-        self._task = asyncio.get_running_loop().create_task(
-            self._worker.async_run(), name="library-sync:arq"
         )
 
     async def request(self, user_id: str, platform: str) -> bool:
@@ -125,7 +195,18 @@ class SyncQueue:
         job = await self._pool.enqueue_job(
             "sync_library", user_id, platform, _job_id=f"library-sync:{platform}:{user_id}"
         )
-        return job is not None
+        if job is None:
+            return False
+        self.enqueued += 1
+        return True
+
+    async def enqueue_due(self) -> int:
+        """Enqueue a sync of every account due for one (``LibrarySync.due``); returns how
+        many jobs were enqueued (an account whose job is queued or running is not)."""
+        enqueued = 0
+        for user_id, platform in await self.sync.due():
+            enqueued += await self.request(user_id, platform)
+        return enqueued
 
     async def aclose(self) -> None:
         """Stop the worker (a running job finishes or is cancelled with it), close Redis."""
@@ -135,10 +216,16 @@ class SyncQueue:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if worker is not None:
-            for job_task in list(worker.tasks.values()):
-                job_task.cancel()
-            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+            await _reap_jobs(worker)
         pool, self._pool = self._pool, None
         if pool is not None:
             with contextlib.suppress(OSError, ConnectionError):
                 await pool.aclose()
+
+
+async def _reap_jobs(worker: Worker) -> None:
+    """Cancel a stopped worker's running jobs and wait for them."""
+    jobs = list(worker.tasks.values())
+    for job in jobs:
+        job.cancel()
+    await asyncio.gather(*jobs, return_exceptions=True)

@@ -1,5 +1,14 @@
 """Join and session tokens: HS256 JWTs scoped to one room or session, with an expiry.
 
+A session token also carries ``auth_time``: when the chain of sessions it
+belongs to began. A returning user's new session continues the chain of the
+earlier session whose token it presents (``session_chain``): the new token
+copies ``auth_time`` forward, never expires after ``auth_time +
+chain_max_s``, and a chain older than ``chain_max_s`` (30 days by default)
+is refused, so a token, once leaked, cannot renew itself for ever: the user
+starts a new chain by signing in again (a new anonymous session that links
+its account, or one an admin names the user of).
+
 The HMAC key is ``PARLEY_JWT_SECRET`` when set; otherwise it is generated once
 and kept in ``PARLEY_DATA_DIR/jwt_secret`` (mode 0600), so tokens outlive a
 restart and every worker sharing the data directory accepts the others'.
@@ -36,6 +45,10 @@ ISSUER = "parley"
 SECRET_FILE = "jwt_secret"
 """Name of the generated key's file in the data directory."""
 MIN_SECRET_BYTES = 32
+DEFAULT_CHAIN_MAX_S = 30 * 24 * 3600
+"""How long a chain of sessions may be continued after it began (``auth_time``)."""
+CLOCK_SKEW_S = 60
+"""How far in the future an ``auth_time`` may lie (another worker's clock)."""
 
 
 class TokenError(Exception):
@@ -79,19 +92,28 @@ def load_or_create_secret(data_dir: Path) -> str:
 class TokenService:
     """Mints and verifies room-scoped join tokens and session tokens."""
 
-    def __init__(self, secret: str, ttl_s: int) -> None:
+    def __init__(self, secret: str, ttl_s: int, *, chain_max_s: int = DEFAULT_CHAIN_MAX_S) -> None:
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError("the token secret must be at least 32 bytes (RFC 7518 3.2)")
+        if chain_max_s <= 0:
+            raise ValueError("chain_max_s must be positive")
         self._secret = secret
         self.ttl_s = ttl_s
+        self.chain_max_s = chain_max_s
 
     @classmethod
-    def from_settings(cls, secret: SecretStr | None, data_dir: Path, ttl_s: int) -> TokenService:
+    def from_settings(
+        cls,
+        secret: SecretStr | None,
+        data_dir: Path,
+        ttl_s: int,
+        *,
+        chain_max_s: int = DEFAULT_CHAIN_MAX_S,
+    ) -> TokenService:
         """A service keyed by ``secret`` (``PARLEY_JWT_SECRET``) when set, else by the key
         kept in ``data_dir`` (see ``load_or_create_secret``)."""
-        if secret is not None:
-            return cls(secret.get_secret_value(), ttl_s)
-        return cls(load_or_create_secret(data_dir), ttl_s)
+        key = secret.get_secret_value() if secret is not None else load_or_create_secret(data_dir)
+        return cls(key, ttl_s, chain_max_s=chain_max_s)
 
     def mint(self, room_id: str, subject: str = "caller") -> tuple[str, int]:
         """A token for ``room_id``; returns ``(token, expires_at)``."""
@@ -100,12 +122,46 @@ class TokenService:
         claims = {"iss": ISSUER, "sub": subject, "room": room_id, "iat": now, "exp": exp}
         return jwt.encode(claims, self._secret, algorithm="HS256"), exp
 
-    def mint_session(self, session_id: str, subject: str = "caller") -> tuple[str, int]:
-        """A token that owns ``session_id`` (read its history, attach calls and chats)."""
+    def mint_session(
+        self, session_id: str, subject: str = "caller", *, auth_time: int | None = None
+    ) -> tuple[str, int]:
+        """A token that owns ``session_id`` (read its history, attach calls and chats).
+
+        ``auth_time`` is when the chain this session continues began (from
+        ``session_chain``); None starts a new chain now. The token never outlives its
+        chain: it expires at ``auth_time + chain_max_s`` at the latest.
+        """
         now = int(time.time())
-        exp = now + self.ttl_s
-        claims = {"iss": ISSUER, "sub": subject, "session": session_id, "iat": now, "exp": exp}
+        began = now if auth_time is None else auth_time
+        exp = min(now + self.ttl_s, began + self.chain_max_s)
+        claims = {
+            "iss": ISSUER,
+            "sub": subject,
+            "session": session_id,
+            "iat": now,
+            "exp": exp,
+            "auth_time": began,
+        }
         return jwt.encode(claims, self._secret, algorithm="HS256"), exp
+
+    def session_chain(self, token: str | None) -> tuple[str, int]:
+        """The session an earlier session token owns and its chain's ``auth_time``, for a
+        new session that continues it (see the module docstring).
+
+        ``TokenError`` as ``session_of``, and 401 when the chain began more than
+        ``chain_max_s`` ago.
+        """
+        claims = self._decode(token)
+        session = claims.get("session")
+        if not isinstance(session, str) or not session:
+            raise TokenError("a session token is required", 403)
+        began = claims.get("auth_time", claims.get("iat"))
+        now = int(time.time())
+        if not isinstance(began, int) or isinstance(began, bool) or began > now + CLOCK_SKEW_S:
+            raise TokenError("invalid token", 401)
+        if now - began > self.chain_max_s:
+            raise TokenError("the session chain has expired: sign in again", 401)
+        return session, began
 
     def verify_session(self, token: str | None, session_id: str) -> None:
         """Check a session token: 401 if missing, invalid or expired; 403 if not this session's."""

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.models import ApiKey, utcnow
+from store.models import ApiKey, aware, utcnow
 
 KEY_PREFIX = "pk_"
 """What every API key starts with."""
@@ -75,13 +75,6 @@ def normalize_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(s for s in SCOPES if s in wanted)
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; they are stored as UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
     """What may be shown of a key: everything but its secret and hash."""
@@ -118,7 +111,7 @@ class KeyInfo:
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
         """From a row."""
-        created = _aware(row.created_at)
+        created = aware(row.created_at)
         assert created is not None
         return cls(
             id=row.id,
@@ -126,8 +119,8 @@ class KeyInfo:
             scopes=tuple(s for s in SCOPES if s in (row.scopes or [])),
             max_calls=row.max_calls,
             created_at=created,
-            last_used_at=_aware(row.last_used_at),
-            revoked_at=_aware(row.revoked_at),
+            last_used_at=aware(row.last_used_at),
+            revoked_at=aware(row.revoked_at),
         )
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from store.keys import normalize_key
-from store.models import LibraryPlaylist, LibraryTrack, utcnow
+from store.models import LibraryPlaylist, LibraryTrack, aware, utcnow
 
 _COMMAND = re.compile(
     r"^(?:(?:please|now|then|and)\s+)*"
@@ -185,7 +185,7 @@ class LibraryRepository:
                     LibraryPlaylist.user_id == user_id, LibraryPlaylist.platform == platform
                 )
             )
-        return LibraryCounts(int(tracks or 0), int(playlists or 0), _aware(synced))
+        return LibraryCounts(int(tracks or 0), int(playlists or 0), aware(synced))
 
     async def find_tracks(
         self, user_id: str, platform: str, query: str, limit: int = 5
@@ -273,9 +273,3 @@ class LibraryRepository:
                 )
                 removed += int(result.rowcount)  # type: ignore[attr-defined]
         return removed
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)

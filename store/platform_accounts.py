@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from store.crypto import TokenCipher
-from store.models import PlatformAccount, utcnow
+from store.models import PlatformAccount, aware, utcnow
 from store.users import PLATFORM_NAME_MAX, USER_ID_MAX, UserRepository
 
 REENCRYPT_BATCH = 200
@@ -32,13 +32,6 @@ class AccountStatus(StrEnum):
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
     """The platform refused a refresh (revoked, expired): the user must link it again."""
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """A stored time as aware UTC (SQLite hands back naive UTC)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +74,23 @@ class AccountInfo:
             platform=row.platform,
             status=AccountStatus(row.status),
             scopes=tuple(row.scopes or ()),
-            expires_at=_aware(row.expires_at),
+            expires_at=aware(row.expires_at),
             metadata=dict(row.metadata_ or {}),
-            last_sync_at=_aware(row.last_sync_at),
-            created_at=_aware(row.created_at) or row.created_at,
-            updated_at=_aware(row.updated_at) or row.updated_at,
+            last_sync_at=aware(row.last_sync_at),
+            created_at=aware(row.created_at),
+            updated_at=aware(row.updated_at),
             has_refresh_token=row.refresh_token is not None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRevision:
+    """The stored tokens' ciphertexts as one read saw them: an update made on condition
+    of them (``refreshed``) does nothing to an account linked again, or refreshed by
+    another worker, since that read. Opaque to callers."""
+
+    access: bytes = field(repr=False)
+    refresh: bytes | None = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,8 @@ class AccountCredentials:
     info: AccountInfo
     access_token: str = field(repr=False)
     refresh_token: str | None = field(repr=False)
+    revision: AccountRevision = field(repr=False, compare=False)
+    """What was read (for ``PlatformAccountRepository.refreshed``)."""
 
 
 def _check(user_id: str, platform: str) -> None:
@@ -216,11 +221,25 @@ class PlatformAccountRepository:
                     if row.refresh_token is not None
                     else None
                 ),
+                revision=AccountRevision(row.access_token, row.refresh_token),
             )
 
-    async def refreshed(self, user_id: str, platform: str, grant: TokenGrant) -> bool:
-        """Store the tokens of a refresh (a refresh token or scopes left out by the platform
-        stay as stored). Returns False when the account was forgotten meanwhile."""
+    async def refreshed(
+        self, user_id: str, platform: str, grant: TokenGrant, *, read: AccountRevision
+    ) -> bool:
+        """Store the tokens of a refresh made with the tokens ``read`` (a refresh token or
+        scopes left out by the platform stay as stored).
+
+        Only while the stored tokens are still those read: returns False, writing
+        nothing, when the account was forgotten, linked again or refreshed elsewhere
+        meanwhile (or merely re-encrypted: the caller reads it again to tell), so a slow
+        refresh never overwrites newer tokens.
+        """
+        refresh_read = (
+            PlatformAccount.refresh_token.is_(None)
+            if read.refresh is None
+            else PlatformAccount.refresh_token == read.refresh
+        )
         values: dict[str, Any] = {
             "access_token": self.cipher.encrypt(grant.access_token),
             "expires_at": grant.expires_at,
@@ -231,7 +250,9 @@ class PlatformAccountRepository:
             values["refresh_token"] = self.cipher.encrypt(grant.refresh_token)
         if grant.scopes is not None:
             values["scopes"] = list(grant.scopes)
-        return await self._update(user_id, platform, values)
+        return await self._update(
+            user_id, platform, values, PlatformAccount.access_token == read.access, refresh_read
+        )
 
     async def mark_disconnected(self, user_id: str, platform: str) -> bool:
         """The platform refused the refresh: the account needs linking again."""
@@ -251,11 +272,21 @@ class PlatformAccountRepository:
             user_id, platform, {"metadata_": dict(metadata), "updated_at": utcnow()}
         )
 
-    async def _update(self, user_id: str, platform: str, values: dict[str, Any]) -> bool:
+    async def _update(
+        self,
+        user_id: str,
+        platform: str,
+        values: dict[str, Any],
+        *conditions: ColumnElement[bool],
+    ) -> bool:
         async with self._sessions.begin() as db:
             result = await db.execute(
                 update(PlatformAccount)
-                .where(PlatformAccount.user_id == user_id, PlatformAccount.platform == platform)
+                .where(
+                    PlatformAccount.user_id == user_id,
+                    PlatformAccount.platform == platform,
+                    *conditions,
+                )
                 .values(**values)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]

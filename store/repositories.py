@@ -10,7 +10,15 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.models import CacheEntry, InteractionLog, TtsAudio, Turn, VoiceSession, utcnow
+from store.models import (
+    CacheEntry,
+    InteractionLog,
+    TtsAudio,
+    Turn,
+    VoiceSession,
+    aware,
+    utcnow,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +135,7 @@ class SessionRepository:
         last = rows[-1] if more else None
         return SessionPage(
             sessions=rows,
-            next=SessionCursor(_aware(last.started_at), last.id) if last is not None else None,
+            next=SessionCursor(aware(last.started_at), last.id) if last is not None else None,
         )
 
     async def set_transport(self, session_id: str, transport: str) -> None:
@@ -262,7 +270,7 @@ class CacheRepository:
             )
             if row is None:
                 return None
-            if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
+            if row.expires_at is not None and aware(row.expires_at) <= utcnow():
                 return None
             return row.value
 
@@ -397,9 +405,4 @@ class TtsAudioRepository:
 
 def _utc(value: dt.datetime) -> dt.datetime:
     """``value`` in UTC (naive values are taken as UTC, as SQLite returns them)."""
-    return _aware(value).astimezone(dt.UTC)
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    """SQLite returns naive datetimes; they are stored as UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    return aware(value).astimezone(dt.UTC)

@@ -5,23 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from agent.platforms.base import MusicPlatform, NotConnectedError, Track
 from agent.platforms.spotify import SpotifyPlatform
 from signaling.jobs import JobRunner, library_jobs
 from signaling.library_sync import JOB_NAME, LibrarySync
 from signaling.music import Music
 from signaling.music_search import TieredMusicResolver
 from signaling.sync_queue import SyncQueue
+from store.library import (
+    LibraryCounts,
+    LibraryPlaylistRecord,
+    LibraryRepository,
+    LibraryTrackRecord,
+)
 from store.platform_accounts import TokenGrant
 from store.store import Store
-from tests.backends import SERVER_BACKEND, drop_schema, store_settings
+from tests.backends import REDIS_HOST, REDIS_PORT, SERVER_BACKEND, drop_schema, store_settings
 from tests.music import MemoryTokens
+from tests.proxy import TcpProxy
 from tests.vendors.spotify_api import FakePlaylist, SpotifyAPI
 
 USER = "usr_sync"
@@ -255,3 +263,146 @@ async def test_a_sync_racing_an_unlink_keeps_nothing(rig: Rig) -> None:
     assert await syncing is False
     counts = await rig.store.library.counts(USER, "spotify")
     assert (counts.tracks, counts.playlists) == (0, 0)
+
+
+class UnlinkedDuringTheWrite(LibraryRepository):
+    """The real repository, with the account unlinked (its row and its library deleted,
+    as ``DELETE /v1/platforms/{name}`` does) just before a copy is written: the moment
+    between the sync's check of the account and its write."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store.db)
+        self.store = store
+
+    async def replace(
+        self,
+        user_id: str,
+        platform: str,
+        tracks: Sequence[LibraryTrackRecord],
+        playlists: Sequence[LibraryPlaylistRecord],
+    ) -> LibraryCounts:
+        assert await self.store.accounts.delete(user_id, platform)
+        await self.store.library.forget(user_id, platform)
+        return await super().replace(user_id, platform, tracks, playlists)
+
+
+async def test_an_unlink_between_the_check_and_the_write_keeps_nothing(rig: Rig) -> None:
+    await link(rig.store)
+    sync = LibrarySync(
+        {"spotify": rig.spotify}, UnlinkedDuringTheWrite(rig.store), rig.store.accounts
+    )
+    with pytest.raises(NotConnectedError):
+        await sync.sync(USER, "spotify")
+    counts = await rig.store.library.counts(USER, "spotify")
+    assert (counts.tracks, counts.playlists) == (0, 0)
+    assert sync.synced == 0
+
+
+class FailingFor:
+    """The real adapter, except that one user's library read fails with an error no
+    adapter should raise (a bug, a parser's KeyError): the sync's last line of defence."""
+
+    def __init__(self, adapter: SpotifyPlatform, user_id: str) -> None:
+        self.adapter = adapter
+        self.user_id = user_id
+        self.name = adapter.name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.adapter, name)
+
+    async def liked_tracks(self, user_id: str, limit: int = 500) -> list[Track]:
+        if user_id == self.user_id:
+            raise KeyError("items")
+        return await self.adapter.liked_tracks(user_id, limit)
+
+
+async def test_one_failing_account_never_stops_the_others(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    await link(rig.store, "usr_broken")
+    await link(rig.store)
+    sync = LibrarySync(
+        {"spotify": cast(MusicPlatform, FailingFor(rig.spotify, "usr_broken"))},
+        rig.store.library,
+        rig.store.accounts,
+    )
+    assert await sync.sync_due() == 1
+    assert (sync.synced, sync.failures) == (1, 1)
+    assert (await rig.store.library.counts(USER, "spotify")).tracks == 3
+    sync.request("usr_broken", "spotify")
+    sync.request(USER, "spotify")
+    assert await sync.run_pending() == 1 and sync.failures == 2 and sync.pending == 0
+    failures = [r for r in caplog.records if "unexpectedly" in r.getMessage()]
+    assert failures and all("KeyError" in r.getMessage() for r in failures)
+    assert all("usr_broken" not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_cancelled_sync_is_not_counted_as_a_failure(rig: Rig) -> None:
+    await link(rig.store)
+    rig.api.latency_s = 1.0
+    syncing = asyncio.create_task(rig.sync.sync_due())
+    await asyncio.sleep(0.2)
+    syncing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await syncing
+    assert rig.sync.failures == 0
+
+
+async def test_the_arq_scan_enqueues_a_job_per_due_account(rig: Rig, backend: str) -> None:
+    if backend != SERVER_BACKEND:
+        pytest.skip("arq runs on Redis")
+    for user in (USER, "usr_second", "usr_third"):
+        await link(rig.store, user)
+    settings = rig.store.settings
+    assert settings.redis_url is not None
+    queue = SyncQueue(rig.sync, settings.redis_url, prefix=settings.key_prefix, poll_delay_s=0.1)
+    rig.api.latency_s = 0.3  # each sync takes a while: the scan must not wait for them
+    await queue.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        assert await queue.enqueue_due() == 3
+        assert asyncio.get_running_loop().time() - started < 0.3
+        assert rig.sync.synced == 0  # nothing ran inline: three jobs for the workers
+        assert await queue.enqueue_due() == 0  # queued or running: not doubled
+        await wait_for(lambda: _true(rig.sync.synced == 3))
+        assert queue.enqueued == 3 and rig.sync.failures == 0
+    finally:
+        await queue.aclose()
+
+
+async def test_the_arq_worker_restarts_after_a_redis_outage(
+    rig: Rig, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    if backend != SERVER_BACKEND:
+        pytest.skip("arq runs on Redis")
+    await link(rig.store)
+    settings = rig.store.settings
+    assert settings.redis_url is not None
+    proxy = TcpProxy(REDIS_HOST, REDIS_PORT)
+    await proxy.start()
+    through_proxy = settings.redis_url.replace(f":{REDIS_PORT}", f":{proxy.port}")
+    queue = SyncQueue(
+        rig.sync,
+        through_proxy,
+        prefix=settings.key_prefix,
+        poll_delay_s=0.1,
+        restart_delay_s=0.2,
+    )
+    await queue.start()
+    try:
+        assert queue.healthy
+        proxy.cut()  # Redis goes away under the running worker
+        await wait_for(lambda: _true(not queue.healthy and queue.last_error is not None))
+        assert queue.stats()["healthy"] is False
+        stopped = [r for r in caplog.records if "arq worker stopped" in r.getMessage()]
+        assert stopped and str(queue.last_error) in stopped[0].getMessage()
+        await asyncio.sleep(0.5)  # restarts keep failing, with a growing back-off
+        proxy.restore()
+        await wait_for(lambda: _true(queue.healthy), timeout_s=15.0)
+        assert queue.restarts >= 1
+        # The restarted worker takes jobs again.
+        assert await queue.request(USER, "spotify")
+        await wait_for(lambda: _counts_at_least(rig.store, USER, 3))
+    finally:
+        await queue.aclose()
+        await proxy.close()

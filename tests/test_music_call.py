@@ -16,11 +16,13 @@ import asyncio
 import dataclasses
 import json
 import secrets
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from agent.config import AgentConfig
@@ -30,7 +32,7 @@ from media.caller import CallerPeer
 from media.frames import PIPELINE_RATE
 from store.settings import StoreSettings
 from tests.fakes import fake_models
-from tests.platform_flow import ADMIN, link, new_session, serving
+from tests.platform_flow import ADMIN, JWT_SECRET, link, new_session, serving
 from tests.server import app_state, asgi_client, bearer
 from tests.speech import compose
 from tests.textnorm import normalize, phrase_error
@@ -301,6 +303,51 @@ async def test_who_may_name_a_sessions_user(tmp_path: Path, oauth: OAuthServer) 
         # A session without a user hands on none.
         anonymous = await client.post("/v1/sessions", headers={"X-Session-Token": token})
         assert anonymous.status_code == 201 and anonymous.json()["user_id"] is None
+
+
+async def test_a_session_chain_has_an_absolute_lifetime(tmp_path: Path, oauth: OAuthServer) -> None:
+    """A session's token finds its user again for a new session, but the chain keeps its
+    first ``auth_time``: a leaked token cannot renew itself past the chain's maximum."""
+    chain_max_s = 7200
+    async with (
+        serving(tmp_path, oauth, session_chain_max_s=chain_max_s) as app,
+        asgi_client(app) as client,
+    ):
+        first_id, first = await new_session(client)
+        assert (await link(client, first)).status_code == 200
+        user_id = await app_state(app).store.users.of_session(first_id)
+        began = claims(first)["auth_time"]
+        token = first
+        for _ in range(3):  # each renewal copies the chain's start forward
+            r = await client.post("/v1/sessions", headers={"X-Session-Token": token})
+            assert r.status_code == 201 and r.json()["user_id"] == user_id
+            token = r.json()["token"]
+            assert claims(token)["auth_time"] == began
+            assert claims(token)["exp"] <= began + chain_max_s
+        # The same token, issued in a chain that began longer ago than the maximum.
+        now = int(time.time())
+        old = {**claims(token), "iat": now - 60, "exp": now + 3000, "auth_time": now - 7300}
+        r = await client.post(
+            "/v1/sessions", headers={"X-Session-Token": jwt.encode(old, JWT_SECRET)}
+        )
+        assert r.status_code == 401 and "sign in again" in r.json()["detail"]
+        # Near its end, a renewal's token expires with the chain, not an hour later.
+        late = {**old, "auth_time": now - 7000}
+        r = await client.post(
+            "/v1/sessions", headers={"X-Session-Token": jwt.encode(late, JWT_SECRET)}
+        )
+        assert r.status_code == 201
+        assert r.json()["token_expires_at"] == now - 7000 + chain_max_s
+        # An admin names the user: a new chain, begun now.
+        r = await client.post("/v1/sessions", json={"user_id": user_id}, headers=bearer(ADMIN))
+        assert claims(r.json()["token"])["auth_time"] >= now
+
+
+def claims(token: str) -> dict[str, Any]:
+    decoded: dict[str, Any] = jwt.decode(
+        token, JWT_SECRET, algorithms=["HS256"], options={"verify_exp": False}, issuer="parley"
+    )
+    return decoded
 
 
 async def test_a_call_acts_for_its_sessions_user(tmp_path: Path, oauth: OAuthServer) -> None:

@@ -36,9 +36,10 @@ from tests.fakes import ScriptedLLM, fake_models
 from tests.music import MemoryTokens
 from tests.server import running_server
 from tests.textnorm import normalize
+from tests.vendors.loopback import Fault
 from tests.vendors.oauth_server import Grant, OAuthServer
 from tests.vendors.soundcloud_api import SoundCloudAPI
-from tests.vendors.spotify_api import FakePlaylist, Fault, SpotifyAPI
+from tests.vendors.spotify_api import FakePlaylist, SpotifyAPI
 
 USER = "usr_listener"
 
@@ -107,6 +108,46 @@ async def test_a_cleared_hot_tier_falls_back_to_sql_and_is_refilled(rig: Rig) ->
     refilled = await rig.resolver.tracks(USER, "spotify", "blinding lights the weeknd")
     assert refilled.tier is SearchTier.HOT
     assert rig.platform_searches() == 1
+
+
+async def test_the_shared_cache_is_kept_per_market(rig: Rig) -> None:
+    """Spotify answers a user's token in the user's country: an answer cached for an
+    account in Sweden is never given to one in the United States."""
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    countries = {"usr_se": "SE", "usr_se2": "SE", "usr_us": "US", "usr_unknown": None}
+    for user, code in countries.items():
+        await rig.store.accounts.save(
+            user,
+            "spotify",
+            TokenGrant("spotify-token-1", "refresh", expires),
+            metadata={"country": code} if code else {},
+        )
+    resolver = TieredMusicResolver(
+        {"spotify": rig.spotify}, rig.store.cache, rig.store.library, accounts=rig.store.accounts
+    )
+    tiers = [
+        (await resolver.tracks(user, "spotify", "play shape of you")).tier
+        for user in ("usr_se", "usr_us", "usr_se2", "usr_unknown")
+    ]
+    assert tiers == [
+        SearchTier.PLATFORM,
+        SearchTier.PLATFORM,  # another market: not the Swedish answer
+        SearchTier.HOT,  # the same market shares it
+        SearchTier.PLATFORM,  # no known market: not a country's answer either
+    ]
+    assert rig.platform_searches() == 3
+    key = music_key("play shape of you")
+    for space in ("spotify:SE", "spotify:US", "spotify"):
+        assert await rig.store.hot.get(TieredCache.key("music:" + space, key)) is not None
+    # The operator's market applies to accounts whose country is not known.
+    rig.spotify.market = "SE"
+    fresh = TieredMusicResolver(
+        {"spotify": rig.spotify}, rig.store.cache, rig.store.library, accounts=rig.store.accounts
+    )
+    assert (await fresh.tracks("usr_unknown", "spotify", "shape of you")).tier is SearchTier.HOT
+    assert await fresh.market("usr_us", "spotify") == "US"
+    assert (await fresh.tracks("usr_unknown", "spotify", "halo")).tier is SearchTier.PLATFORM
+    assert rig.api.recorded("GET", "/search")[-1].query["market"] == "SE"
 
 
 async def test_the_library_answers_before_the_platform_and_is_not_shared(rig: Rig) -> None:

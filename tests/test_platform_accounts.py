@@ -57,7 +57,7 @@ async def test_tokens_roundtrip_and_status_changes(store: Store) -> None:
 
     # A refresh without a new refresh token or scopes keeps the stored ones.
     assert await store.accounts.refreshed(
-        "usr_a", "spotify", TokenGrant("access-2", None, None, None)
+        "usr_a", "spotify", TokenGrant("access-2", None, None, None), read=creds.revision
     )
     creds = await store.accounts.credentials("usr_a", "spotify")
     assert creds is not None
@@ -79,6 +79,33 @@ async def test_tokens_roundtrip_and_status_changes(store: Store) -> None:
     assert await store.accounts.delete("usr_a", "spotify")
     assert await store.accounts.credentials("usr_a", "spotify") is None
     assert not await store.accounts.delete("usr_a", "spotify")
+
+
+async def test_a_refresh_never_overwrites_an_account_linked_again(store: Store) -> None:
+    """The tokens of a refresh are stored only over the tokens it was made with: a re-link
+    (or another worker's refresh) since they were read wins."""
+    await store.accounts.save("usr_l", "spotify", grant("access-old", "refresh-old"))
+    read = await store.accounts.credentials("usr_l", "spotify")
+    assert read is not None
+    # While the refresh made with the old tokens is under way, the user links again.
+    await store.accounts.save("usr_l", "spotify", grant("access-new", "refresh-new"))
+    late = TokenGrant("access-from-old-refresh", "refresh-from-old-refresh", None, None)
+    assert not await store.accounts.refreshed("usr_l", "spotify", late, read=read.revision)
+    kept = await store.accounts.credentials("usr_l", "spotify")
+    assert kept is not None
+    assert (kept.access_token, kept.refresh_token) == ("access-new", "refresh-new")
+    # Made with the current tokens, it is stored; the same read cannot be used twice.
+    assert await store.accounts.refreshed("usr_l", "spotify", late, read=kept.revision)
+    assert not await store.accounts.refreshed("usr_l", "spotify", late, read=kept.revision)
+    stored = await store.accounts.credentials("usr_l", "spotify")
+    assert stored is not None and stored.access_token == "access-from-old-refresh"
+    # An account without a refresh token is matched on its access token alone.
+    await store.accounts.save("usr_n", "spotify", grant("access-n", None))
+    bare = await store.accounts.credentials("usr_n", "spotify")
+    assert bare is not None and bare.revision.refresh is None
+    assert await store.accounts.refreshed("usr_n", "spotify", late, read=bare.revision)
+    assert not await store.accounts.refreshed("usr_gone", "spotify", late, read=bare.revision)
+    assert "access-n" not in repr(bare) and repr(bare.revision) == "AccountRevision()"
 
 
 async def test_users_are_tied_to_sessions_once(store: Store) -> None:

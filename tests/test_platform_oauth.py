@@ -10,6 +10,8 @@ The API runs in process over ASGI (fake models, embedded store); the platform is
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,13 +22,15 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
-from agent.platforms.base import AccessTokens, NotConnectedError
+from agent.platforms.base import AccessTokens, NotConnectedError, PlatformError
+from agent.platforms.spotify import SpotifyPlatform
 from signaling.app import create_app
-from signaling.platform_settings import SoundCloudSettings
+from signaling.platform_settings import SoundCloudSettings, SpotifySettings
 from signaling.platform_tokens import PlatformTokens
 from signaling.settings import ServerSettings
+from store.crypto import TokenCipher, generate_key
 from store.library import LibraryTrackRecord
-from store.platform_accounts import AccountInfo
+from store.platform_accounts import AccountInfo, TokenGrant
 from store.settings import StoreSettings
 from tests.fakes import fake_models
 from tests.platform_flow import (
@@ -366,3 +370,144 @@ async def test_delete_revokes_and_forgets(tmp_path: Path, oauth: OAuthServer) ->
         assert again.status_code == 404 and again.json()["error"] == "account_not_found"
         with pytest.raises(NotConnectedError):
             await platforms_of(app).tokens.access_token("spotify", user_id)
+
+
+async def test_the_login_cookie_follows_the_redirect_uri_behind_a_proxy(
+    tmp_path: Path, oauth: OAuthServer
+) -> None:
+    """Behind a reverse proxy that adds a path prefix and ends TLS, the server is reached
+    at ``http://.../v1/...`` but the browser comes back to the configured redirect URI:
+    the cookie must be scoped to that URI's path, and Secure."""
+    public = "https://voice.example.org/parley/v1/platforms/soundcloud/callback"
+    base = oauth.base_url
+    application = create_app(
+        ServerSettings(
+            jwt_secret=JWT_SECRET,
+            soundcloud=SoundCloudSettings(
+                client_id=oauth.client_id,
+                client_secret=oauth.client_secret,
+                authorize_url=f"{base}/authorize",
+                token_url=f"{base}/api/token",
+                api_url=base,
+                redirect_uri=public,
+            ),
+        ),
+        models=fake_models(),
+        store_settings=StoreSettings(PARLEY_DATA_DIR=tmp_path, DATABASE_URL=None, REDIS_URL=None),
+    )
+    async with application.router.lifespan_context(application), asgi_client(application) as c:
+        _, token = await new_session(c)
+        r = await c.get("/v1/platforms/soundcloud/login", headers=bearer(token))
+        assert r.status_code == 302
+        cookie = r.headers["set-cookie"]
+        attributes = {a.strip().split("=")[0].lower(): a for a in cookie.split(";")}
+        assert attributes["path"].strip() == "Path=/parley/v1/platforms/soundcloud/callback"
+        assert "secure" in attributes and "httponly" in attributes
+        name, _, nonce = cookie.split(";")[0].partition("=")
+
+        # The platform sends the browser to the public URI; the proxy strips its prefix.
+        back = urlsplit(await consent(r.headers["location"]))
+        assert f"{back.scheme}://{back.netloc}{back.path}" == public
+        done = await c.get(
+            f"/v1/platforms/soundcloud/callback?{back.query}", headers={"Cookie": f"{name}={nonce}"}
+        )
+        assert done.status_code == 200, done.text
+        cleared = done.headers["set-cookie"]
+        assert "Path=/parley/v1/platforms/soundcloud/callback" in cleared
+        assert "Max-Age=0" in cleared and "Secure" in cleared
+
+
+async def test_the_login_cookie_without_a_redirect_uri(tmp_path: Path, oauth: OAuthServer) -> None:
+    async with serving(tmp_path, oauth) as app, asgi_client(app) as client:
+        _, token = await new_session(client)
+        r = await client.get("/v1/platforms/spotify/login", headers=bearer(token))
+        cookie = r.headers["set-cookie"]
+        assert "Path=/v1/platforms/spotify/callback" in cookie
+        assert "secure" not in cookie.lower()  # the callback is plain http:// here
+
+
+async def test_a_failed_start_releases_what_it_opened(tmp_path: Path, oauth: OAuthServer) -> None:
+    """A step of the start-up that fails late (SIP's port is taken) closes what the steps
+    before it opened: the platforms' and adapters' HTTP clients, the store."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        application = create_app(
+            ServerSettings(
+                jwt_secret=JWT_SECRET,
+                sip_listen=f"127.0.0.1:{port}",
+                spotify=SpotifySettings(
+                    client_id=oauth.client_id,
+                    client_secret=oauth.client_secret,
+                    token_url=f"{oauth.base_url}/api/token",
+                    api_url=oauth.base_url,
+                ),
+            ),
+            models=fake_models(),
+            store_settings=StoreSettings(
+                PARLEY_DATA_DIR=tmp_path, DATABASE_URL=None, REDIS_URL=None
+            ),
+        )
+        with pytest.raises(OSError, match="in use"):
+            async with application.router.lifespan_context(application):
+                pytest.fail("the server started on a taken SIP port")
+    st = app_state(application)
+    assert platforms_of(application).http.is_closed
+    assert st.music is not None
+    spotify = st.music.platforms["spotify"]
+    assert isinstance(spotify, SpotifyPlatform) and spotify.http.is_closed
+
+
+async def test_a_slow_refresh_does_not_overwrite_a_relinked_account(
+    tmp_path: Path, oauth: OAuthServer
+) -> None:
+    async with serving(tmp_path, oauth) as app, asgi_client(app) as client:
+        oauth.expires_in = 30  # due for refresh at once
+        session_id, token = await new_session(client)
+        assert (await link(client, token)).status_code == 200
+        user_id = await app_state(app).store.users.of_session(session_id)
+        assert user_id is not None
+        oauth.expires_in = 3600
+        oauth.token_delay_s = 0.5  # the refresh is slow ...
+        tokens = platforms_of(app).tokens
+        refreshing = asyncio.create_task(tokens.access_token("spotify", user_id))
+        await asyncio.sleep(0.2)
+        # ... and meanwhile the user links the account again (the callback stores a grant).
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        relinked = TokenGrant("relinked-access", "relinked-refresh", expires, ("user-read-email",))
+        await platforms_of(app).accounts.save(user_id, "spotify", relinked)
+        handed = await refreshing
+        assert len(oauth.grants_of("/api/token", "refresh_token")) == 1
+        creds = await platforms_of(app).accounts.credentials(user_id, "spotify")
+        assert creds is not None
+        assert (creds.access_token, creds.refresh_token) == ("relinked-access", "relinked-refresh")
+        assert handed == "relinked-access"
+
+
+async def test_unreadable_tokens_after_a_refused_refresh_are_a_platform_error(
+    tmp_path: Path, oauth: OAuthServer
+) -> None:
+    """The check for another worker's refresh reads the account again: tokens no key opens
+    by then (a key removed from PARLEY_TOKEN_KEY) are the typed error, not a crash."""
+    async with serving(tmp_path, oauth) as app, asgi_client(app) as client:
+        user_id = await linked_user(app, client)
+        platforms = platforms_of(app)
+        current = await platforms.tokens.access_token("spotify", user_id)
+        oauth.revoke_all()
+        oauth.token_delay_s = 0.3
+        refreshing = asyncio.create_task(
+            platforms.tokens.refreshed("spotify", user_id, rejected=current)
+        )
+        await asyncio.sleep(0.1)
+        cipher = platforms.accounts.cipher
+        platforms.accounts.cipher = TokenCipher([generate_key()])  # the row's key is gone
+        try:
+            with pytest.raises(PlatformError) as caught:
+                await refreshing
+        finally:
+            platforms.accounts.cipher = cipher
+        assert not isinstance(caught.value, NotConnectedError)
+        assert "cannot be read" in caught.value.message
+        info = await platforms.accounts.info(user_id, "spotify")
+        assert info is not None and info.connected  # not taken for a revoked account

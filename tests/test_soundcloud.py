@@ -15,8 +15,8 @@ from agent.platforms.base import (
 )
 from agent.platforms.soundcloud import SoundCloudPlatform
 from tests.music import MemoryTokens, many_songs
+from tests.vendors.loopback import Fault
 from tests.vendors.soundcloud_api import FakeSet, SoundCloudAPI
-from tests.vendors.spotify_api import Fault
 
 USER = "usr_test"
 
@@ -136,3 +136,58 @@ async def test_a_playlist_that_is_not_a_urn_is_refused_before_any_request(
     finally:
         await soundcloud.aclose()
     assert api.requests == []
+
+
+@pytest.mark.parametrize("hidden", ["withheld", "unnamed"])
+async def test_adding_to_a_playlist_read_in_part_changes_nothing(
+    api: SoundCloudAPI, hidden: str
+) -> None:
+    """The write replaces the whole list: a list read without some of its tracks (left out
+    by the API, or listed without a URN) is never written back."""
+    first, second = api.songs[0], api.songs[1]
+    kept = [f"soundcloud:tracks:{first.soundcloud_id}"]
+    mix = api.add_set(
+        FakeSet(
+            "Mix",
+            track_urns=list(kept),
+            withheld=2 if hidden == "withheld" else 0,
+            unnamed=2 if hidden == "unnamed" else 0,
+        )
+    )
+    soundcloud, _ = adapter(api)
+    try:
+        (track,) = await soundcloud.search_tracks(USER, second.title, limit=1)
+        (playlist,) = await soundcloud.playlists(USER)
+        with pytest.raises(PlatformError) as caught:
+            await soundcloud.add_to_playlist(USER, playlist, [track])
+    finally:
+        await soundcloud.aclose()
+    assert caught.value.retryable and "nothing was changed" in caught.value.message
+    assert api.recorded("PUT", f"/playlists/{mix.urn}") == []
+    assert mix.track_urns == kept
+
+
+async def test_a_cursor_that_never_moves_ends_the_list() -> None:
+    songs = many_songs(120)
+    async with SoundCloudAPI(tokens={"soundcloud-token-1"}, songs=songs) as api:
+        api.like(*songs)
+        api.stuck_paging = True
+        soundcloud, _ = adapter(api)
+        try:
+            liked = await soundcloud.liked_tracks(USER, limit=1000)
+        finally:
+            await soundcloud.aclose()
+    assert len(liked) == 50 and len({t.uri for t in liked}) == 50
+    assert len(api.recorded("GET", "/me/likes/tracks")) == 2
+
+
+async def test_an_answer_that_is_not_json_is_a_retryable_error(api: SoundCloudAPI) -> None:
+    api.fail(Fault(200, "/tracks", body="<html>maintenance</html>"))
+    soundcloud, _ = adapter(api)
+    try:
+        with pytest.raises(PlatformError) as caught:
+            await soundcloud.search_tracks(USER, "believer")
+        assert caught.value.retryable and "not JSON" in caught.value.message
+        assert await soundcloud.search_tracks(USER, "believer")
+    finally:
+        await soundcloud.aclose()

@@ -16,9 +16,11 @@ from agent.platforms.base import (
     PlatformRateLimitedError,
     Track,
 )
-from agent.platforms.spotify import SpotifyPlatform
+from agent.platforms.http import MAX_PAGES
+from agent.platforms.spotify import PAGE, SpotifyPlatform
 from tests.music import MemoryTokens, many_songs
-from tests.vendors.spotify_api import FakePlaylist, Fault, SpotifyAPI
+from tests.vendors.loopback import Fault
+from tests.vendors.spotify_api import FakePlaylist, SpotifyAPI
 
 USER = "usr_test"
 
@@ -283,3 +285,53 @@ async def test_the_fake_refuses_unknown_tokens() -> None:
         finally:
             await spotify.aclose()
         assert {r.status for r in api.requests} == {401}
+
+
+async def test_an_answer_that_is_not_json_is_a_retryable_error(api: SpotifyAPI) -> None:
+    """A 2xx whose body is not JSON (a proxy's page) is a typed, retryable error on every
+    reading route, never a crash of the caller."""
+    spotify, _ = adapter(api)
+    page = "<html><body>Service temporarily unavailable</body></html>"
+    api.fail(
+        Fault(200, "/v1/search", body=page),
+        Fault(200, "/v1/me/player/currently-playing", body=page),
+        Fault(200, "/v1/me", body=page[:20]),
+        Fault(200, "/v1/me/tracks", body='{"items": [trunc'),
+    )
+    try:
+        for attempt in (
+            spotify.search_tracks(USER, "imagine"),
+            spotify.now_playing(USER),
+            spotify.playlists(USER),
+            spotify.liked_tracks(USER),
+        ):
+            with pytest.raises(PlatformError) as caught:
+                await attempt
+            assert caught.value.retryable and "not JSON" in caught.value.message
+            assert caught.value.status == 200
+        # The fake answers normally again: nothing was left in a bad state.
+        assert await spotify.search_tracks(USER, "imagine")
+    finally:
+        await spotify.aclose()
+
+
+async def test_paging_stops_at_a_repeated_page_and_at_the_page_bound() -> None:
+    songs = many_songs(2100)
+    async with SpotifyAPI(tokens={"spotify-token-1"}, songs=songs) as api:
+        for i in range(120):
+            api.add_playlist(FakePlaylist(f"List {i}"))
+        api.like(*songs)
+        spotify, _ = adapter(api)
+        try:
+            # Every 50 at a time is 42 pages: the bound stops it at MAX_PAGES.
+            liked = await spotify.liked_tracks(USER, limit=5000)
+            assert len(liked) == MAX_PAGES * PAGE
+            assert len(api.recorded("GET", "/me/tracks")) == MAX_PAGES
+            # A server that ignores the offset (and claims 10,000 more): the repeated
+            # page ends the list instead of 200 requests of duplicates.
+            api.stuck_paging = True
+            playlists = await spotify.playlists(USER)
+        finally:
+            await spotify.aclose()
+    assert len(playlists) == PAGE and len({p.id for p in playlists}) == PAGE
+    assert len(api.recorded("GET", "/me/playlists")) == 2

@@ -161,6 +161,8 @@ class WeatherService(LoopbackServer):
                     Route("/v1/now/{city:path}", self.now),
                     Route("/v1/alerts", self.alerts, methods=["POST"]),
                     Route("/v1/text", self.text),
+                    Route("/v1/stations", self.stations),
+                    Route("/{rest:path}", self.elsewhere),
                 ]
             )
         )
@@ -187,6 +189,15 @@ class WeatherService(LoopbackServer):
     async def text(self, request: Request) -> Response:
         await self._record(request)
         return PlainTextResponse("x" * 5000)
+
+    async def stations(self, request: Request) -> Response:
+        await self._record(request)
+        return JSONResponse({"stations": [{"id": i, "name": f"Station {i}"} for i in range(500)]})
+
+    async def elsewhere(self, request: Request) -> Response:
+        """Any other path: what a request that escaped its template would reach."""
+        await self._record(request)
+        return JSONResponse({"admin": "secret operator data"})
 
 
 @pytest.fixture
@@ -232,6 +243,11 @@ def weather_tools(url: str, **extra: Any) -> ToolsConfig:
                     "description": "A large answer.",
                     "url": f"{url}/v1/text",
                     "max_response_bytes": 1000,
+                },
+                {
+                    "name": "stations",
+                    "description": "Every weather station.",
+                    "url": f"{url}/v1/stations",
                 },
             ]
         }
@@ -294,6 +310,85 @@ async def test_http_tool_failures_and_configuration_errors(weather: WeatherServi
     for url in bad_urls:
         with pytest.raises(ValueError, match="url"):
             HttpToolConfig(name="t", description="d", url=url)
+
+
+@pytest.mark.parametrize("city", ["..", ".", "", "...", "../..", "../admin"])
+async def test_a_path_value_never_walks_up_the_path(weather: WeatherService, city: str) -> None:
+    """Dot segments are resolved by the HTTP client: ``..`` as a whole segment would send
+    the operator's credentials to a path the YAML never named. Such values are refused
+    before any request; a ``/`` in a value stays inside its segment."""
+    built = http_tools(weather_tools(weather.url), {"WX_AUTH": "Bearer wx-key"})
+    registry = ToolRegistry(t.tool() for t in built)
+    try:
+        result = await registry.run(ToolCall("1", "get_weather", json.dumps({"city": city})), CTX)
+    finally:
+        for tool in built:
+            await tool.aclose()
+    if "/" in city:  # encoded into one segment: the service sees an odd city, nothing more
+        assert [r[1].split("?")[0] for r in weather.requests] == [
+            "/v1/now/" + city.replace("/", "%2F")
+        ]
+        return
+    assert (result.error, result.code) == (True, "bad_arguments")
+    assert weather.requests == []
+
+
+def test_a_dot_segment_in_the_middle_of_a_template_is_refused() -> None:
+    tool = HttpTool(
+        HttpToolConfig(
+            name="t",
+            description="d",
+            url="http://127.0.0.1:9/v1/now/{city}/detail?units={units}",
+            parameters={
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "units": {"type": "string"}},
+                "required": ["city", "units"],
+            },
+        ),
+        {},
+    )
+    url, rest = tool.request_parts({"city": "Oslo", "units": "..", "days": 2})
+    assert url == "http://127.0.0.1:9/v1/now/Oslo/detail?units=.." and rest == {"days": 2}
+    assert tool.request_parts({"city": "a..b", "units": "c"})[0].startswith(
+        "http://127.0.0.1:9/v1/now/a..b/detail"
+    )
+    for city in ("..", ".", "", "...."):
+        with pytest.raises(ToolError) as caught:
+            tool.request_parts({"city": city, "units": "metric"})
+        assert caught.value.code == "bad_arguments"
+
+
+def test_only_get_tools_are_cancellable_unless_the_yaml_says() -> None:
+    def config(**fields: Any) -> HttpToolConfig:
+        return HttpToolConfig(name="t", description="d", url="http://127.0.0.1:9/x", **fields)
+
+    assert config().cancellable is True
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        assert config(method=method).cancellable is False
+        assert config(method=method, cancellable=True).cancellable is True
+    assert config(method="GET", cancellable=False).cancellable is False
+    tools = ToolsConfig.model_validate(
+        {"http": [{"name": "buy", "description": "d", "method": "POST", "url": "http://h.x/b"}]}
+    )
+    assert tools.http[0].cancellable is False
+    built = http_tools(tools, {})
+    assert built[0].tool().cancellable is False
+
+
+async def test_a_large_answer_without_result_field_stays_out_of_the_data(
+    weather: WeatherService,
+) -> None:
+    built = http_tools(weather_tools(weather.url), {"WX_AUTH": "Bearer wx-key"})
+    registry = ToolRegistry(t.tool() for t in built)
+    try:
+        result = await registry.run(ToolCall("1", "stations", "{}"), CTX)
+    finally:
+        for tool in built:
+            await tool.aclose()
+    assert not result.error
+    assert result.content.startswith('{"stations":[{"id":0') and len(result.content) <= 2000
+    assert result.data["omitted"] is True and result.data["bytes"] > 10_000
+    assert len(json.dumps(result.data)) < 100
 
 
 def test_the_default_agent_yaml_loads_its_tools_section() -> None:

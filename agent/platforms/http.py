@@ -14,7 +14,14 @@ answer                              what happens
 404 that the adapter recognises     the adapter's own error (``NoActiveDeviceError``)
 5xx, time-out, connection failure   ``PlatformError(retryable=True)``
 other 4xx                           ``PlatformError(retryable=False)``
+2xx that is not JSON (``request_``  ``PlatformError(retryable=True)``: "answer is not
+``json``)                           JSON" (a proxy's error page, a truncated body)
 ==================================  ===============================================
+
+Lists are read page by page; an adapter reads at most ``MAX_PAGES`` of one
+list and stops early at a page it has already seen (``PageGuard``), so a
+vendor whose paging never ends (a stuck cursor, an offset it ignores) costs
+a bounded number of requests.
 
 Messages carry the method, the route, the status and the vendor's reason
 code when it is a plain token; never a token, a query string (the caller's
@@ -24,8 +31,10 @@ words) or the vendor's free text. httpx exceptions are not chained.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from json import dumps
 from typing import Any
 
 import httpx
@@ -44,6 +53,9 @@ DEFAULT_TIMEOUT_S = 5.0
 """Per request: a platform that does not answer in this long fails retryably."""
 DEFAULT_MAX_RETRY_AFTER_S = 2.0
 """A 429 asking to wait at most this long is waited out once; a longer one is raised."""
+MAX_PAGES = 40
+"""Pages read of one list: 2,000 items at 50 a page (the library sync's bound on liked
+tracks); a longer list is cut there."""
 
 ErrorHook = Callable[[httpx.Response, str | None], PlatformError | None]
 """An adapter's own reading of an error answer (response, reason code) -> error, or None."""
@@ -124,7 +136,7 @@ class PlatformHttp:
         a token is sent.
         """
         url = self._url(path)
-        route = path.split("?", 1)[0] if not path.startswith("http") else "(next page)"
+        route = _route(path)
         token = await self.tokens.access_token(self.platform, user_id)
         refreshed = waited = False
         while True:
@@ -146,6 +158,33 @@ class PlatformHttp:
                     continue
                 raise PlatformRateLimitedError(self.platform, retry_after)
             raise self._error(method, route, response, on_error)
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        user_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: object = None,
+        on_error: ErrorHook | None = None,
+    ) -> Any:
+        """``request``, then the answer's JSON: None for an empty answer (204); a 2xx
+        whose body is not JSON is a retryable ``PlatformError`` ("answer is not JSON")."""
+        response = await self.request(
+            method, path, user_id, params=params, json=json, on_error=on_error
+        )
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:  # JSONDecodeError, and UnicodeDecodeError of a binary body
+            raise PlatformError(
+                self.platform,
+                f"{method} {_route(path)}: answer is not JSON (HTTP {response.status_code})",
+                retryable=True,
+                status=response.status_code,
+            ) from None
 
     async def _send(
         self,
@@ -206,6 +245,59 @@ class PlatformHttp:
             self.platform, f"{method} {route}: HTTP {status}: {what}{tail}", status=status
         )
 
+    @property
+    def is_closed(self) -> bool:
+        """Whether ``aclose`` has run."""
+        return self._client.is_closed
+
     async def aclose(self) -> None:
         """Close the connection pool; idempotent."""
         await self._client.aclose()
+
+
+def _route(path: str) -> str:
+    """How a request's path appears in messages: never its query (the caller's words)."""
+    return path.split("?", 1)[0] if not path.startswith("http") else "(next page)"
+
+
+class PageGuard:
+    """Bounds the reading of one paginated list: at most ``max_pages`` pages, and none
+    that repeats a page already read (see the module docstring).
+
+    The adapter calls ``admit(items)`` with each page it receives (False: a repeat, stop
+    before using it) and ``more()`` before asking for the next (False: the bound is
+    reached). Either stop is logged once, by platform and route only.
+    """
+
+    def __init__(self, platform: str, route: str, max_pages: int = MAX_PAGES) -> None:
+        if max_pages < 1:
+            raise ValueError("max_pages must be at least 1")
+        self.platform = platform
+        self.route = route
+        self.max_pages = max_pages
+        self.pages = 0
+        self._seen: set[bytes] = set()
+
+    def admit(self, items: Sequence[Any]) -> bool:
+        """Whether the page holding ``items`` is new (it is counted when it is)."""
+        digest = hashlib.sha256(
+            dumps(items, sort_keys=True, separators=(",", ":"), default=str).encode()
+        ).digest()
+        if digest in self._seen:
+            log.warning("%s: %s repeated a page; the list ends there", self.platform, self.route)
+            return False
+        self._seen.add(digest)
+        self.pages += 1
+        return True
+
+    def more(self) -> bool:
+        """Whether another page may be asked for."""
+        if self.pages < self.max_pages:
+            return True
+        log.warning(
+            "%s: %s has more than %d pages; the list is cut there",
+            self.platform,
+            self.route,
+            self.max_pages,
+        )
+        return False

@@ -59,6 +59,16 @@ class TrackSearch:
 
 
 @runtime_checkable
+class RegionalSearch(Protocol):
+    """A platform whose search answers depend on a market (a country): Spotify answers a
+    user's token with the tracks playable in the user's country, or in ``market`` when
+    the request names one. Shared caches of its answers are kept per market."""
+
+    market: str | None
+    """The ISO 3166-1 country searches ask for (None: the account's own)."""
+
+
+@runtime_checkable
 class MusicResolver(Protocol):
     """Finds tracks and playlists for one user on one platform (see the module docstring).
 

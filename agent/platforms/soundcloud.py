@@ -16,7 +16,14 @@ Requests authenticate with ``Authorization: OAuth <token>``, as SoundCloud
 documents. Objects are named by URNs (``soundcloud:tracks:123``); a
 ``Track``'s ``uri`` is its URN. Lists are cursor-paginated
 (``linked_partitioning``): ``next_href`` is followed only while it stays under
-the configured base URL.
+the configured base URL, for at most ``MAX_PAGES`` pages and never past a page
+that repeats one already read (a stuck cursor).
+
+Adding to a playlist rewrites its whole track list, so it is done only from a
+list read in full: when an entry of the list read cannot be named (no URN), or
+the list is shorter than the playlist's ``track_count`` (tracks the API leaves
+out), the write is refused with a retryable ``PlatformError`` rather than
+dropping those tracks from the user's playlist.
 
 SoundCloud's public API has no remote player: ``play``, ``pause``,
 ``next_track`` and ``now_playing`` raise ``UnsupportedActionError``, which
@@ -36,7 +43,12 @@ from agent.platforms.base import (
     Track,
     UnsupportedActionError,
 )
-from agent.platforms.http import DEFAULT_MAX_RETRY_AFTER_S, DEFAULT_TIMEOUT_S, PlatformHttp
+from agent.platforms.http import (
+    DEFAULT_MAX_RETRY_AFTER_S,
+    DEFAULT_TIMEOUT_S,
+    PageGuard,
+    PlatformHttp,
+)
 
 NAME: Final = "soundcloud"
 DEFAULT_BASE_URL: Final = "https://api.soundcloud.com"
@@ -129,7 +141,7 @@ class SoundCloudPlatform:
             "limit": max(1, min(limit, SEARCH_LIMIT_MAX)),
             "linked_partitioning": "true",
         }
-        body = (await self.http.request("GET", "/tracks", user_id, params=params)).json()
+        body = await self.http.request_json("GET", "/tracks", user_id, params=params)
         items = body.get("collection") if isinstance(body, Mapping) else body
         found = [track_of(item) for item in items or () if isinstance(item, Mapping)]
         return [t for t in found if t is not None][:limit]
@@ -156,19 +168,32 @@ class SoundCloudPlatform:
         self, user_id: str, playlist: Playlist, tracks: Sequence[Track]
     ) -> None:
         """See ``MusicPlatform.add_to_playlist``: the playlist's track list is read and
-        written back whole with the new tracks appended (SoundCloud has no append)."""
+        written back whole with the new tracks appended (SoundCloud has no append).
+
+        Refused with a retryable ``PlatformError`` (nothing written) when the list read
+        is not the whole playlist (see the module docstring).
+        """
         path = f"/playlists/{_path_urn(playlist.uri)}"
-        body = (
-            await self.http.request("GET", path, user_id, params={"show_tracks": "true"})
-        ).json()
-        current = body.get("tracks") if isinstance(body, Mapping) else None
-        urns = [
+        additions = [_path_urn(t.uri) for t in tracks]
+        body = await self.http.request_json("GET", path, user_id, params={"show_tracks": "true"})
+        if not isinstance(body, Mapping) or not isinstance(body.get("tracks"), list):
+            raise PlatformError(NAME, "the playlist answer has no track list", retryable=True)
+        current: list[Any] = body["tracks"]
+        known = [
             urn
-            for urn in (_urn("tracks", t) for t in current or () if isinstance(t, Mapping))
-            if urn is not None
+            for entry in current
+            if isinstance(entry, Mapping) and (urn := _urn("tracks", entry)) is not None
         ]
-        urns.extend(_path_urn(t.uri) for t in tracks)
-        payload = {"playlist": {"tracks": [{"urn": urn} for urn in urns]}}
+        count = body.get("track_count")
+        if len(known) != len(current) or (isinstance(count, int) and count != len(known)):
+            raise PlatformError(
+                NAME,
+                f"the playlist could not be read whole ({len(known)} of "
+                f"{count if isinstance(count, int) else len(current)} tracks named); "
+                "nothing was changed",
+                retryable=True,
+            )
+        payload = {"playlist": {"tracks": [{"urn": urn} for urn in known + additions]}}
         await self.http.request("PUT", path, user_id, json=payload)
 
     async def save_tracks(self, user_id: str, tracks: Sequence[Track]) -> None:
@@ -201,27 +226,31 @@ class SoundCloudPlatform:
         await self.http.aclose()
 
     async def _me(self, user_id: str) -> str | None:
-        body = (await self.http.request("GET", "/me", user_id)).json()
+        body = await self.http.request_json("GET", "/me", user_id)
         return _urn("users", body) if isinstance(body, Mapping) else None
 
     async def _pages(
         self, user_id: str, path: str, params: Mapping[str, str], *, limit: int | None
     ) -> AsyncIterator[Mapping[str, Any]]:
-        """Items of a cursor-paginated list, following ``next_href`` up to ``limit`` items."""
+        """Items of a cursor-paginated list, following ``next_href`` up to ``limit`` items
+        (and ``MAX_PAGES`` pages, none repeated: see ``PageGuard``)."""
         first: dict[str, Any] = {**params, "limit": PAGE, "linked_partitioning": "true"}
+        guard = PageGuard(NAME, path)
         url: str | None = path
         yielded = 0
         while url is not None:
-            response = await self.http.request(
+            body = await self.http.request_json(
                 "GET", url, user_id, params=first if url == path else None
             )
-            body = response.json()
-            items = body.get("collection") if isinstance(body, Mapping) else None
-            for item in items or ():
+            raw = body.get("collection") if isinstance(body, Mapping) else None
+            items = raw if isinstance(raw, list) else []
+            if not items or not guard.admit(items):
+                return
+            for item in items:
                 if isinstance(item, Mapping):
                     yield item
                     yielded += 1
                     if limit is not None and yielded >= limit:
                         return
             nxt = body.get("next_href") if isinstance(body, Mapping) else None
-            url = nxt if isinstance(nxt, str) and nxt and items else None
+            url = nxt if isinstance(nxt, str) and nxt and guard.more() else None

@@ -27,7 +27,8 @@ A player call answered 404 with the reason ``NO_ACTIVE_DEVICE`` (or any 404
 on ``/me/player``) is ``NoActiveDeviceError``; the rest of the error mapping
 is ``agent.platforms.http``'s. Pages are followed by ``offset`` up to the
 answer's ``total``, never by the ``next`` link (a token never goes to a host
-the answer names).
+the answer names), for at most ``MAX_PAGES`` pages and never past a page that
+repeats one already read (an answer that ignores ``offset``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ from agent.platforms.base import (
     Playlist,
     Track,
 )
-from agent.platforms.http import DEFAULT_MAX_RETRY_AFTER_S, DEFAULT_TIMEOUT_S, PlatformHttp
+from agent.platforms.http import (
+    DEFAULT_MAX_RETRY_AFTER_S,
+    DEFAULT_TIMEOUT_S,
+    PageGuard,
+    PlatformHttp,
+)
 
 NAME: Final = "spotify"
 DEFAULT_BASE_URL: Final = "https://api.spotify.com/v1"
@@ -148,8 +154,9 @@ class SpotifyPlatform:
         }
         if self.market:
             params["market"] = self.market
-        body = (await self.http.request("GET", "/search", user_id, params=params)).json()
-        items = body.get("tracks", {}).get("items") if isinstance(body, Mapping) else None
+        body = await self.http.request_json("GET", "/search", user_id, params=params)
+        page = body.get("tracks") if isinstance(body, Mapping) else None
+        items = page.get("items") if isinstance(page, Mapping) else None
         found = [track_of(item) for item in items or () if isinstance(item, Mapping)]
         return [t for t in found if t is not None]
 
@@ -225,10 +232,7 @@ class SpotifyPlatform:
 
     async def now_playing(self, user_id: str) -> Track | None:
         """See ``MusicPlatform.now_playing`` (204, or an episode or ad playing: None)."""
-        response = await self.http.request("GET", "/me/player/currently-playing", user_id)
-        if response.status_code == 204 or not response.content:
-            return None
-        body = response.json()
+        body = await self.http.request_json("GET", "/me/player/currently-playing", user_id)
         item = body.get("item") if isinstance(body, Mapping) else None
         return track_of(item) if isinstance(item, Mapping) else None
 
@@ -240,28 +244,33 @@ class SpotifyPlatform:
         return {"device_id": self.device_id} if self.device_id else None
 
     async def _me(self, user_id: str) -> str | None:
-        body = (await self.http.request("GET", "/me", user_id)).json()
+        body = await self.http.request_json("GET", "/me", user_id)
         me = body.get("id") if isinstance(body, Mapping) else None
         return me if isinstance(me, str) else None
 
     async def _pages(
         self, user_id: str, path: str, *, limit: int | None
     ) -> AsyncIterator[Mapping[str, Any]]:
-        """Items of an offset-paginated list, page after page, up to ``limit`` items."""
+        """Items of an offset-paginated list, page after page, up to ``limit`` items (and
+        ``MAX_PAGES`` pages, none repeated: see ``PageGuard``)."""
+        guard = PageGuard(NAME, path)
         offset = yielded = 0
         while True:
             params = {"limit": PAGE, "offset": offset}
-            body = (await self.http.request("GET", path, user_id, params=params)).json()
-            items = body.get("items") if isinstance(body, Mapping) else None
+            body = await self.http.request_json("GET", path, user_id, params=params)
+            raw = body.get("items") if isinstance(body, Mapping) else None
+            items = raw if isinstance(raw, list) else []
             total = body.get("total") if isinstance(body, Mapping) else None
-            for item in items or ():
+            if not items or not guard.admit(items):
+                return
+            for item in items:
                 if isinstance(item, Mapping):
                     yield item
                     yielded += 1
                     if limit is not None and yielded >= limit:
                         return
-            offset += len(items or ())
-            if not items or (isinstance(total, int) and offset >= total):
+            offset += len(items)
+            if (isinstance(total, int) and offset >= total) or not guard.more():
                 return
 
 

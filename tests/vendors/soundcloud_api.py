@@ -14,14 +14,18 @@ Speaks the documented endpoints and shapes (objects named by URNs,
 
 Requests need ``Authorization: OAuth <token>``; tokens are checked like the
 Spotify fake's (``tokens`` or ``token_check``): 401 otherwise. Faults are
-scripted with ``fail(Fault(...))``; ``requests`` records what arrived.
+scripted with ``fail(Fault(...))``; ``requests`` records what arrived (the
+plumbing is ``tests.vendors.loopback.VendorAPI``'s).
+
+Two behaviours of the real API can be staged: a playlist's ``withheld``
+tracks count in its ``track_count`` but are left out of its ``tracks`` (as
+the API does with tracks it may not show), and its ``unnamed`` ones are listed
+without ``urn`` or ``id``. ``stuck_paging`` makes every ``next_href`` name the
+page just answered (a cursor that never moves).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +35,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.vendors.loopback import LoopbackServer
+from tests.vendors.loopback import VendorAPI
 from tests.vendors.music_catalogue import CATALOGUE, Song, numeric_id, search
-from tests.vendors.spotify_api import Fault, RecordedRequest
 
 USER_URN = "soundcloud:users:4242"
 
@@ -45,6 +48,10 @@ class FakeSet:
     title: str
     owner: str = USER_URN
     track_urns: list[str] = field(default_factory=list)
+    withheld: int = 0
+    """Tracks counted in ``track_count`` but left out of ``tracks``."""
+    unnamed: int = 0
+    """Tracks listed in ``tracks`` without ``urn`` or ``id``."""
 
     @property
     def urn(self) -> str:
@@ -69,13 +76,15 @@ def track_json(song: Song) -> dict[str, Any]:
     }
 
 
-def _error(status: int, message: str, **headers: str) -> JSONResponse:
+def _error(status: int, message: str, reason: str | None = None, **headers: str) -> JSONResponse:
     body = {"code": status, "message": message, "errors": [{"error_message": message}]}
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
-class SoundCloudAPI(LoopbackServer):
+class SoundCloudAPI(VendorAPI):
     """The loopback SoundCloud API (see the module docstring)."""
+
+    auth_scheme = "OAuth"
 
     def __init__(
         self,
@@ -86,16 +95,13 @@ class SoundCloudAPI(LoopbackServer):
         latency_s: float = 0.0,
         port: int = 0,
     ) -> None:
-        self.tokens = set(tokens)
-        self.token_check = token_check or (lambda token: token in self.tokens)
         self.songs = songs
         self.by_urn = {f"soundcloud:tracks:{s.soundcloud_id}": s for s in songs}
-        self.latency_s = latency_s
         self.sets: list[FakeSet] = []
         self.likes: list[str] = []
         """Liked track URNs, newest first."""
-        self.requests: list[RecordedRequest] = []
-        self._faults: deque[Fault] = deque()
+        self.stuck_paging = False
+        """When True, every ``next_href`` names the page just answered."""
         super().__init__(
             Starlette(
                 routes=[
@@ -107,6 +113,9 @@ class SoundCloudAPI(LoopbackServer):
                     Route("/playlists/{urn}", self._playlist, methods=["GET", "PUT"]),
                 ]
             ),
+            tokens=tokens,
+            token_check=token_check,
+            latency_s=latency_s,
             port=port,
         )
 
@@ -114,10 +123,6 @@ class SoundCloudAPI(LoopbackServer):
     def base_url(self) -> str:
         """The API's base URL, as the adapter is configured with it."""
         return self.url
-
-    def fail(self, *faults: Fault) -> None:
-        """Answer the next matching requests with ``faults``, one each, in order."""
-        self._faults.extend(faults)
 
     def add_set(self, playlist: FakeSet) -> FakeSet:
         """Give the user a playlist; returns it."""
@@ -129,40 +134,15 @@ class SoundCloudAPI(LoopbackServer):
         for song in songs:
             self.likes.insert(0, f"soundcloud:tracks:{song.soundcloud_id}")
 
-    def recorded(self, method: str, path: str) -> list[RecordedRequest]:
-        """Requests of ``method`` on ``path``, in order."""
-        return [r for r in self.requests if r.method == method and r.path == path]
+    def error(
+        self, status: int, message: str, reason: str | None = None, **headers: str
+    ) -> Response:
+        """SoundCloud's error object."""
+        return _error(status, message, **headers)
 
-    async def _admit(self, request: Request) -> tuple[Response | None, Any]:
-        raw = await request.body()
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip() if scheme == "OAuth" else ""
-        refusal: Response | None = None
-        if not token or not self.token_check(token):
-            refusal = _error(401, "401 - Unauthorized")
-        else:
-            fault = next((f for f in self._faults if request.url.path.startswith(f.path)), None)
-            if fault is not None:
-                self._faults.remove(fault)
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                refusal = _error(fault.status, "scripted failure", **headers)
-        self.requests.append(
-            RecordedRequest(
-                request.method,
-                request.url.path,
-                dict(request.query_params),
-                body,
-                token or None,
-                refusal.status_code if refusal else 200,
-            )
-        )
-        return refusal, body
+    def unauthorized(self, token: str) -> Response:
+        """SoundCloud's 401."""
+        return _error(401, "401 - Unauthorized")
 
     def _partition(self, request: Request, items: list[dict[str, Any]]) -> Response:
         try:
@@ -176,31 +156,35 @@ class SoundCloudAPI(LoopbackServer):
         body: dict[str, Any] = {"collection": page, "next_href": None}
         if start + limit < len(items):
             query = {k: v for k, v in request.query_params.items() if k != "cursor"}
-            query["cursor"] = str(start + limit)
+            query["cursor"] = str(start if self.stuck_paging else start + limit)
             body["next_href"] = str(request.url.replace_query_params(**query))
         if request.query_params.get("linked_partitioning") != "true":
             return JSONResponse(page)
         return JSONResponse(body)
 
     async def _tracks(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
         q = request.query_params.get("q", "")
         found = [track_json(s) for s in search(self.songs, q, len(self.songs))] if q else []
-        return self._partition(request, found)
+        return self.answer(self._partition(request, found))
 
     async def _me(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
-        return JSONResponse({"kind": "user", "urn": USER_URN, "username": "parley-listener"})
+        return self.answer(
+            JSONResponse({"kind": "user", "urn": USER_URN, "username": "parley-listener"})
+        )
 
     async def _my_likes(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
-        return self._partition(request, [track_json(self.by_urn[u]) for u in self.likes])
+        return self.answer(
+            self._partition(request, [track_json(self.by_urn[u]) for u in self.likes])
+        )
 
     def _set_json(self, playlist: FakeSet, *, tracks: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -208,48 +192,51 @@ class SoundCloudAPI(LoopbackServer):
             "urn": playlist.urn,
             "id": int(playlist.urn.rsplit(":", 1)[1]),
             "title": playlist.title,
-            "track_count": len(playlist.track_urns),
+            "track_count": len(playlist.track_urns) + playlist.withheld + playlist.unnamed,
             "user": {"kind": "user", "urn": playlist.owner},
         }
         if tracks:
-            out["tracks"] = [track_json(self.by_urn[u]) for u in playlist.track_urns]
+            unnamed = [{"kind": "track", "title": "(not available)"}] * playlist.unnamed
+            out["tracks"] = [track_json(self.by_urn[u]) for u in playlist.track_urns] + unnamed
         return out
 
     async def _my_playlists(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
         show = request.query_params.get("show_tracks", "true") == "true"
-        return self._partition(request, [self._set_json(p, tracks=show) for p in self.sets])
+        return self.answer(
+            self._partition(request, [self._set_json(p, tracks=show) for p in self.sets])
+        )
 
     async def _like(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
         urn = request.path_params["urn"]
         if urn not in self.by_urn:
-            return _error(404, "404 - Not Found")
+            return self.answer(_error(404, "404 - Not Found"))
         if urn not in self.likes:
             self.likes.insert(0, urn)
-        return JSONResponse({"status": "200 - OK"})
+        return self.answer(JSONResponse({"status": "200 - OK"}))
 
     async def _playlist(self, request: Request) -> Response:
-        refusal, body = await self._admit(request)
+        refusal, body = await self.admit(request)
         if refusal is not None:
             return refusal
         playlist = next((p for p in self.sets if p.urn == request.path_params["urn"]), None)
         if playlist is None:
-            return _error(404, "404 - Not Found")
+            return self.answer(_error(404, "404 - Not Found"))
         if request.method == "GET":
-            return JSONResponse(self._set_json(playlist, tracks=True))
+            return self.answer(JSONResponse(self._set_json(playlist, tracks=True)))
         if playlist.owner != USER_URN:
-            return _error(403, "403 - Forbidden")
+            return self.answer(_error(403, "403 - Forbidden"))
         inner = body.get("playlist") if isinstance(body, dict) else None
         tracks = inner.get("tracks") if isinstance(inner, dict) else None
         if not isinstance(tracks, list):
-            return _error(400, "playlist.tracks is required")
+            return self.answer(_error(400, "playlist.tracks is required"))
         urns = [t.get("urn") if isinstance(t, dict) else None for t in tracks]
         if any(u not in self.by_urn for u in urns):
-            return _error(422, "unknown track")
+            return self.answer(_error(422, "unknown track"))
         playlist.track_urns = [str(u) for u in urns]
-        return JSONResponse(self._set_json(playlist, tracks=True))
+        return self.answer(JSONResponse(self._set_json(playlist, tracks=True)))

@@ -22,14 +22,14 @@ Every request needs ``Authorization: Bearer <token>``; a token is valid when
 the fake to a loopback OAuth server's issued tokens. Others get 401 with
 Spotify's error object. ``fail(Fault(...))`` scripts the next answers of a
 route (e.g. 429 with ``Retry-After``, 500); ``latency_s`` delays every answer
-(a realistic round trip for benchmarks). ``requests`` records what arrived.
+(a realistic round trip for benchmarks). ``requests`` records what arrived
+(the plumbing is ``tests.vendors.loopback.VendorAPI``'s). ``stuck_paging``
+makes the library lists ignore ``offset`` (every page is the first), a
+misbehaving server the adapter must not follow for ever.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,21 +39,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.vendors.loopback import LoopbackServer
+from tests.vendors.loopback import VendorAPI
 from tests.vendors.music_catalogue import CATALOGUE, Song, base62_id, search
 
 USER_ID = "parley-listener"
-
-
-@dataclass(frozen=True, slots=True)
-class Fault:
-    """Answer the next request whose path starts with ``path`` (any when empty) with
-    ``status`` and Spotify's error object (``reason`` in it when given)."""
-
-    status: int
-    path: str = ""
-    retry_after: str | None = None
-    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -69,18 +58,6 @@ class FakePlaylist:
     def id(self) -> str:
         """Its Spotify id."""
         return base62_id("playlist:" + self.name)
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedRequest:
-    """One request as it arrived."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
-    token: str | None
-    status: int
 
 
 def track_json(song: Song) -> dict[str, Any]:
@@ -108,8 +85,10 @@ def _error(status: int, message: str, reason: str | None = None, **headers: str)
     return JSONResponse({"error": body}, status_code=status, headers=headers or None)
 
 
-class SpotifyAPI(LoopbackServer):
+class SpotifyAPI(VendorAPI):
     """The loopback Spotify Web API (see the module docstring)."""
+
+    path_prefix = "/v1"
 
     def __init__(
         self,
@@ -120,11 +99,8 @@ class SpotifyAPI(LoopbackServer):
         latency_s: float = 0.0,
         port: int = 0,
     ) -> None:
-        self.tokens = set(tokens)
-        self.token_check = token_check or (lambda token: token in self.tokens)
         self.songs = songs
         self.by_uri = {f"spotify:track:{s.spotify_id}": s for s in songs}
-        self.latency_s = latency_s
         self.devices: list[dict[str, Any]] = [
             {"id": "device-kitchen", "name": "Kitchen speaker", "is_active": True}
         ]
@@ -135,8 +111,9 @@ class SpotifyAPI(LoopbackServer):
         self.playlists: list[FakePlaylist] = []
         self.liked: list[str] = []
         """Liked track URIs, newest first."""
-        self.requests: list[RecordedRequest] = []
-        self._faults: deque[Fault] = deque()
+        self.stuck_paging = False
+        """When True, the library lists answer their first page whatever the ``offset``,
+        with a ``total`` of over 10,000."""
         super().__init__(
             Starlette(
                 routes=[
@@ -154,6 +131,9 @@ class SpotifyAPI(LoopbackServer):
                     Route("/v1/me/tracks", self._my_tracks, methods=["GET"]),
                 ]
             ),
+            tokens=tokens,
+            token_check=token_check,
+            latency_s=latency_s,
             port=port,
         )
 
@@ -163,10 +143,6 @@ class SpotifyAPI(LoopbackServer):
     def base_url(self) -> str:
         """The API's base URL (``.../v1``), as the adapter is configured with it."""
         return self.url + "/v1"
-
-    def fail(self, *faults: Fault) -> None:
-        """Answer the next matching requests with ``faults``, one each, in order."""
-        self._faults.extend(faults)
 
     def no_device(self) -> None:
         """The user closes Spotify everywhere: player calls answer 404 NO_ACTIVE_DEVICE."""
@@ -182,59 +158,21 @@ class SpotifyAPI(LoopbackServer):
         for song in songs:
             self.liked.insert(0, f"spotify:track:{song.spotify_id}")
 
-    def recorded(self, method: str, path: str) -> list[RecordedRequest]:
-        """Requests of ``method`` on ``path`` (without ``/v1``), in order."""
-        return [r for r in self.requests if r.method == method and r.path == "/v1" + path]
-
     def song(self, title: str) -> Song:
         """A catalogue song by title."""
         return next(s for s in self.songs if s.title == title)
 
     # -- plumbing
 
-    async def _admit(self, request: Request) -> tuple[Response | None, Any]:
-        """Check the token and scripted faults; the refusal, if any, and the JSON body."""
-        raw = await request.body()
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
-        refusal: Response | None = None
-        if not token:
-            refusal = _error(401, "No token provided")
-        elif not self.token_check(token):
-            refusal = _error(401, "The access token expired")
-        else:
-            fault = next((f for f in self._faults if request.url.path.startswith(f.path)), None)
-            if fault is not None:
-                self._faults.remove(fault)
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                refusal = _error(fault.status, "scripted failure", fault.reason, **headers)
-        self._record(request, body, token or None, refusal.status_code if refusal else 0)
-        return refusal, body
+    def error(
+        self, status: int, message: str, reason: str | None = None, **headers: str
+    ) -> Response:
+        """Spotify's error object."""
+        return _error(status, message, reason, **headers)
 
-    def _record(self, request: Request, body: Any, token: str | None, status: int) -> None:
-        self.requests.append(
-            RecordedRequest(
-                request.method, request.url.path, dict(request.query_params), body, token, status
-            )
-        )
-
-    def _settle(self, status: int) -> None:
-        """Record the final status of the request just recorded."""
-        last = self.requests[-1]
-        self.requests[-1] = RecordedRequest(
-            last.method, last.path, last.query, last.body, last.token, status
-        )
-
-    def _answer(self, response: Response) -> Response:
-        self._settle(response.status_code)
-        return response
+    def unauthorized(self, token: str) -> Response:
+        """Spotify's 401s: no token, or one it does not accept."""
+        return _error(401, "The access token expired" if token else "No token provided")
 
     def _page(
         self, request: Request, items: list[Any], limit_max: int
@@ -246,6 +184,9 @@ class SpotifyAPI(LoopbackServer):
             return _error(400, "Invalid limit or offset")
         if not 1 <= limit <= limit_max or offset < 0:
             return _error(400, "Invalid limit")
+        total = len(items)
+        if self.stuck_paging:  # the first page whatever was asked, and a total that lies
+            offset, total = 0, total + 10_000
         base = str(request.url.replace(query=""))
         nxt = (
             f"{base}?offset={offset + limit}&limit={limit}" if offset + limit < len(items) else None
@@ -256,7 +197,7 @@ class SpotifyAPI(LoopbackServer):
             "items": items[offset : offset + limit],
             "limit": limit,
             "offset": offset,
-            "total": len(items),
+            "total": total,
             "next": nxt,
             "previous": prev,
         }
@@ -272,25 +213,25 @@ class SpotifyAPI(LoopbackServer):
     # -- endpoints
 
     async def _search(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
         q = request.query_params.get("q", "")
         if not q.strip():
-            return self._answer(_error(400, "No search query"))
+            return self.answer(_error(400, "No search query"))
         if request.query_params.get("type") != "track":
-            return self._answer(_error(400, "Bad search type field"))
+            return self.answer(_error(400, "Bad search type field"))
         found = [track_json(s) for s in search(self.songs, q, len(self.songs))]
         page = self._page(request, found, 10)
         if isinstance(page, Response):
-            return self._answer(page)
-        return self._answer(JSONResponse({"tracks": page}))
+            return self.answer(page)
+        return self.answer(JSONResponse({"tracks": page}))
 
     async def _me(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
-        return self._answer(
+        return self.answer(
             JSONResponse(
                 {
                     "id": USER_ID,
@@ -302,19 +243,19 @@ class SpotifyAPI(LoopbackServer):
         )
 
     async def _play(self, request: Request) -> Response:
-        refusal, body = await self._admit(request)
+        refusal, body = await self.admit(request)
         if refusal is not None:
             return refusal
         no_device = self._device_error(request)
         if no_device is not None:
-            return self._answer(no_device)
+            return self.answer(no_device)
         if body is not None and not isinstance(body, dict):
-            return self._answer(_error(400, "Malformed json"))
+            return self.answer(_error(400, "Malformed json"))
         body = body or {}
         if "uris" in body:
             uris = body["uris"]
             if not isinstance(uris, list) or not uris or any(u not in self.by_uri for u in uris):
-                return self._answer(_error(400, "Invalid track uri"))
+                return self.answer(_error(400, "Invalid track uri"))
             self.playing, self.context = uris[0], None
         elif "context_uri" in body:
             playlist = next(
@@ -322,31 +263,31 @@ class SpotifyAPI(LoopbackServer):
                 None,
             )
             if playlist is None:
-                return self._answer(_error(404, "Context not found"))
+                return self.answer(_error(404, "Context not found"))
             self.context = body["context_uri"]
             self.playing = playlist.uris[0] if playlist.uris else None
         elif self.playing is None:
-            return self._answer(_error(404, "Nothing to resume"))
+            return self.answer(_error(404, "Nothing to resume"))
         self.is_playing = True
-        return self._answer(Response(status_code=204))
+        return self.answer(Response(status_code=204))
 
     async def _pause(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
         no_device = self._device_error(request)
         if no_device is not None:
-            return self._answer(no_device)
+            return self.answer(no_device)
         self.is_playing = False
-        return self._answer(Response(status_code=204))
+        return self.answer(Response(status_code=204))
 
     async def _next(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
         no_device = self._device_error(request)
         if no_device is not None:
-            return self._answer(no_device)
+            return self.answer(no_device)
         order = [f"spotify:track:{s.spotify_id}" for s in self.songs]
         if self.context is not None:
             playlist = next(p for p in self.playlists if f"spotify:playlist:{p.id}" == self.context)
@@ -354,16 +295,16 @@ class SpotifyAPI(LoopbackServer):
         at = order.index(self.playing) if self.playing in order else -1
         self.playing = order[(at + 1) % len(order)]
         self.is_playing = True
-        return self._answer(Response(status_code=204))
+        return self.answer(Response(status_code=204))
 
     async def _currently_playing(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
         if self.playing is None or not self.devices:
-            return self._answer(Response(status_code=204))
+            return self.answer(Response(status_code=204))
         context = {"type": "playlist", "uri": self.context} if self.context else None
-        return self._answer(
+        return self.answer(
             JSONResponse(
                 {
                     "is_playing": self.is_playing,
@@ -376,41 +317,41 @@ class SpotifyAPI(LoopbackServer):
         )
 
     async def _add_items(self, request: Request) -> Response:
-        refusal, body = await self._admit(request)
+        refusal, body = await self.admit(request)
         if refusal is not None:
             return refusal
         playlist = next(
             (p for p in self.playlists if p.id == request.path_params["playlist_id"]), None
         )
         if playlist is None:
-            return self._answer(_error(404, "Not found."))
+            return self.answer(_error(404, "Not found."))
         if playlist.owner != USER_ID and not playlist.collaborative:
-            return self._answer(_error(403, "You cannot add tracks to a playlist you don't own."))
+            return self.answer(_error(403, "You cannot add tracks to a playlist you don't own."))
         uris = body.get("uris") if isinstance(body, dict) else None
         if not isinstance(uris, list) or not 1 <= len(uris) <= 100:
-            return self._answer(_error(400, "You can add a maximum of 100 tracks per request."))
+            return self.answer(_error(400, "You can add a maximum of 100 tracks per request."))
         if any(u not in self.by_uri for u in uris):
-            return self._answer(_error(400, "Invalid track uri"))
+            return self.answer(_error(400, "Invalid track uri"))
         playlist.uris.extend(uris)
         snapshot = base62_id(f"{playlist.id}:{len(playlist.uris)}")
-        return self._answer(JSONResponse({"snapshot_id": snapshot}, status_code=201))
+        return self.answer(JSONResponse({"snapshot_id": snapshot}, status_code=201))
 
     async def _save(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
         uris = [u for u in request.query_params.get("uris", "").split(",") if u]
         if not 1 <= len(uris) <= 40:
-            return self._answer(_error(400, "uris must hold 1 to 40 Spotify URIs"))
+            return self.answer(_error(400, "uris must hold 1 to 40 Spotify URIs"))
         if any(u not in self.by_uri for u in uris):
-            return self._answer(_error(400, "Invalid uri"))
+            return self.answer(_error(400, "Invalid uri"))
         for uri in uris:
             if uri not in self.liked:
                 self.liked.insert(0, uri)
-        return self._answer(Response(status_code=200))
+        return self.answer(Response(status_code=200))
 
     async def _my_playlists(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
         items = [
@@ -427,10 +368,10 @@ class SpotifyAPI(LoopbackServer):
             for p in self.playlists
         ]
         page = self._page(request, items, 50)
-        return self._answer(page if isinstance(page, Response) else JSONResponse(page))
+        return self.answer(page if isinstance(page, Response) else JSONResponse(page))
 
     async def _my_tracks(self, request: Request) -> Response:
-        refusal, _ = await self._admit(request)
+        refusal, _ = await self.admit(request)
         if refusal is not None:
             return refusal
         items = [
@@ -438,4 +379,4 @@ class SpotifyAPI(LoopbackServer):
             for uri in self.liked
         ]
         page = self._page(request, items, 50)
-        return self._answer(page if isinstance(page, Response) else JSONResponse(page))
+        return self.answer(page if isinstance(page, Response) else JSONResponse(page))
