@@ -5,7 +5,7 @@ queue (``<PARLEY_REDIS_PREFIX>arq:library``), so a job runs in exactly one
 process, whichever is free:
 
 * ``sync_library(user_id, platform)``: one account, enqueued by the
-  ``on_connected`` hook with the job id ``library-sync:<platform>:<user>``
+  ``on_connected`` hook with the job id ``<queue>:library-sync:<platform>:<user>``
   (arq refuses a second job with an id that is queued or running, so a burst of
   re-links makes one sync);
 * ``sync_due``: a cron job (``unique``: one run per tick across every process)
@@ -186,6 +186,12 @@ class SyncQueue:
             log_results=False,
         )
 
+    def job_id(self, user_id: str, platform: str) -> str:
+        """The arq job id of one account's sync, under this queue's name: arq keeps job
+        keys outside any queue (``arq:job:<id>``), so without it two deployments sharing
+        a Redis, or a job left queued by a stopped worker, would block each other's."""
+        return f"{self.queue_name}:library-sync:{platform}:{user_id}"
+
     async def request(self, user_id: str, platform: str) -> bool:
         """Enqueue a sync of one account; False when one is already queued or running."""
         if self._pool is None:
@@ -193,7 +199,7 @@ class SyncQueue:
         if platform not in self.sync.platforms:
             return False
         job = await self._pool.enqueue_job(
-            "sync_library", user_id, platform, _job_id=f"library-sync:{platform}:{user_id}"
+            "sync_library", user_id, platform, _job_id=self.job_id(user_id, platform)
         )
         if job is None:
             return False

@@ -406,3 +406,29 @@ async def test_the_arq_worker_restarts_after_a_redis_outage(
     finally:
         await queue.aclose()
         await proxy.close()
+
+
+async def test_queues_under_other_prefixes_do_not_block_each_other(rig: Rig, backend: str) -> None:
+    """arq keeps job keys outside any queue: a job of one deployment (or one left queued by
+    a stopped worker) must not refuse the same account's sync in another on the same Redis."""
+    if backend != SERVER_BACKEND:
+        pytest.skip("arq runs on Redis; the embedded store schedules in process")
+    await link(rig.store)
+    settings = rig.store.settings
+    assert settings.redis_url is not None
+    left = SyncQueue(rig.sync, settings.redis_url, prefix=settings.key_prefix + "a:")
+    await left.start()
+    try:
+        assert await left.request(USER, "spotify")
+    finally:
+        await left.aclose()  # its job may stay queued, with its key, for a day
+    other = SyncQueue(
+        rig.sync, settings.redis_url, prefix=settings.key_prefix + "b:", poll_delay_s=0.1
+    )
+    assert other.job_id(USER, "spotify") != left.job_id(USER, "spotify")
+    await other.start()
+    try:
+        assert await other.request(USER, "spotify")
+        await wait_for(lambda: _counts_at_least(rig.store, USER, 3))
+    finally:
+        await other.aclose()
