@@ -210,6 +210,14 @@ class SpotifyAPI(VendorAPI):
             return _error(404, "Device not found")
         return None
 
+    async def _player_refusal(self, request: Request) -> Response | None:
+        """The answer refusing a player command (token, scripted fault, no device), if any."""
+        refusal, _ = await self.admit(request)
+        if refusal is not None:
+            return refusal
+        no_device = self._device_error(request)
+        return None if no_device is None else self.answer(no_device)
+
     # -- endpoints
 
     async def _search(self, request: Request) -> Response:
@@ -272,22 +280,16 @@ class SpotifyAPI(VendorAPI):
         return self.answer(Response(status_code=204))
 
     async def _pause(self, request: Request) -> Response:
-        refusal, _ = await self.admit(request)
+        refusal = await self._player_refusal(request)
         if refusal is not None:
             return refusal
-        no_device = self._device_error(request)
-        if no_device is not None:
-            return self.answer(no_device)
         self.is_playing = False
         return self.answer(Response(status_code=204))
 
     async def _next(self, request: Request) -> Response:
-        refusal, _ = await self.admit(request)
+        refusal = await self._player_refusal(request)
         if refusal is not None:
             return refusal
-        no_device = self._device_error(request)
-        if no_device is not None:
-            return self.answer(no_device)
         order = [f"spotify:track:{s.spotify_id}" for s in self.songs]
         if self.context is not None:
             playlist = next(p for p in self.playlists if f"spotify:playlist:{p.id}" == self.context)
