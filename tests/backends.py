@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.settings import StoreSettings
 from store.store import Store
@@ -128,3 +130,30 @@ async def store_fixture(settings: StoreSettings) -> AsyncIterator[Store]:
     st = await Store.open(settings)
     yield st
     await st.close()
+
+
+async def empty_database(settings: StoreSettings) -> AsyncEngine:
+    """An engine on the fresh, empty database of ``settings`` (from ``store_settings``: a new
+    schema on PostgreSQL, a new SQLite file) for migration tests; dispose it and
+    ``drop_schema(settings)`` when done."""
+    from store.db import ensure_schema, make_engine
+
+    args: dict[str, object] = {}
+    if settings.db_schema:
+        await ensure_schema(settings.sqlalchemy_url(), settings.db_schema)
+        args["server_settings"] = {"search_path": settings.db_schema}
+    else:
+        settings.data_dir.mkdir(parents=True)
+    return make_engine(settings.sqlalchemy_url(), connect_args=args)
+
+
+def migrate(conn: Connection, revision: str, down: bool = False) -> None:
+    """Upgrade (or downgrade) the database on ``conn`` to ``revision`` with Alembic
+    (run it through ``AsyncConnection.run_sync``)."""
+    from alembic import command
+
+    from store.db import alembic_config
+
+    cfg = alembic_config()
+    cfg.attributes["connection"] = conn
+    (command.downgrade if down else command.upgrade)(cfg, revision)

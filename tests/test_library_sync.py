@@ -27,7 +27,15 @@ from store.library import (
 )
 from store.platform_accounts import TokenGrant
 from store.store import Store
-from tests.backends import REDIS_HOST, REDIS_PORT, SERVER_BACKEND, drop_schema, store_settings
+from tests.backends import (
+    REDIS_HOST,
+    REDIS_PORT,
+    SERVER_BACKEND,
+    drop_schema,
+    empty_database,
+    migrate,
+    store_settings,
+)
 from tests.music import MemoryTokens
 from tests.proxy import TcpProxy
 from tests.vendors.spotify_api import FakePlaylist, SpotifyAPI
@@ -173,28 +181,15 @@ def _resolver(rig: Rig) -> TieredMusicResolver:
 
 
 async def test_migration_0008_matches_the_models(backend: str, tmp_path: Path) -> None:
-    from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
     from sqlalchemy import Connection, inspect
 
-    from store.db import alembic_config, ensure_schema, make_engine
     from store.models import Base
 
     settings = store_settings(backend, tmp_path / "m")
-    args: dict[str, object] = {}
-    if settings.db_schema:
-        await ensure_schema(settings.sqlalchemy_url(), settings.db_schema)
-        args["server_settings"] = {"search_path": settings.db_schema}
-    else:
-        settings.data_dir.mkdir(parents=True)
-    engine = make_engine(settings.sqlalchemy_url(), connect_args=args)
+    engine = await empty_database(settings)
     ours = {"library_tracks", "library_playlists"}
-
-    def migrate(conn: Connection, revision: str, down: bool = False) -> None:
-        cfg = alembic_config()
-        cfg.attributes["connection"] = conn
-        (command.downgrade if down else command.upgrade)(cfg, revision)
 
     def tables(conn: Connection) -> set[str]:
         return set(inspect(conn).get_table_names())

@@ -14,18 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from alembic import command
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import select, text, update
 
 from agent.phrase_cache import CachedTTS
 from agent.tts import SpeechChunk
-from store.db import alembic_config, make_engine
 from store.models import TtsAudio, utcnow
 from store.phrases import PhraseAudioCache, hot_key, phrase_hash
 from store.repositories import PurgeResult, TtsAudioRepository
 from store.settings import StoreSettings
 from store.store import Store
-from tests.backends import SERVER_BACKEND, drop_schema, store_settings
+from tests.backends import SERVER_BACKEND, drop_schema, empty_database, migrate, store_settings
 from tests.proxy import TcpProxy
 
 
@@ -307,24 +305,11 @@ async def test_store_purges_phrase_audio_by_its_settings(settings: StoreSettings
 
 async def test_migration_backfills_phrase_sizes(backend: str, tmp_path: Path) -> None:
     settings = store_settings(backend, tmp_path / "m")
-    args: dict[str, object] = {}
-    if settings.db_schema:
-        from store.db import ensure_schema
-
-        await ensure_schema(settings.sqlalchemy_url(), settings.db_schema)
-        args["server_settings"] = {"search_path": settings.db_schema}
-    else:
-        settings.data_dir.mkdir(parents=True)
-    engine = make_engine(settings.sqlalchemy_url(), connect_args=args)
-
-    def upgrade(conn: Connection, revision: str) -> None:
-        cfg = alembic_config()
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    engine = await empty_database(settings)
 
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(upgrade, "0001")
+            await conn.run_sync(migrate, "0001")
             await conn.execute(
                 text(
                     "INSERT INTO tts_audio (voice, text_hash, sample_rate, audio, created_at,"
@@ -333,7 +318,7 @@ async def test_migration_backfills_phrase_sizes(backend: str, tmp_path: Path) ->
                 {"audio": bytes(1234), "now": utcnow()},
             )
         async with engine.begin() as conn:
-            await conn.run_sync(upgrade, "head")
+            await conn.run_sync(migrate, "head")
             size = await conn.scalar(text("SELECT size_bytes FROM tts_audio"))
         assert size == 1234
     finally:

@@ -25,7 +25,7 @@ from store.crypto import (
 from store.platform_accounts import AccountStatus, TokenGrant
 from store.settings import StoreSettings
 from store.store import Store
-from tests.backends import drop_schema, store_settings
+from tests.backends import drop_schema, empty_database, migrate, store_settings
 
 ACCESS = "access-PLAINTEXT-0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 REFRESH = "refresh-PLAINTEXT-a1b2c3d4e5f60718293a4b5c6d7e8f90"
@@ -240,26 +240,13 @@ async def test_embedded_store_generates_its_key_file(tmp_path: Path) -> None:
 
 
 async def test_migration_0007_matches_the_models(backend: str, tmp_path: Path) -> None:
-    from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from store.db import alembic_config, ensure_schema, make_engine
     from store.models import Base
 
     settings = store_settings(backend, tmp_path / "m")
-    args: dict[str, object] = {}
-    if settings.db_schema:
-        await ensure_schema(settings.sqlalchemy_url(), settings.db_schema)
-        args["server_settings"] = {"search_path": settings.db_schema}
-    else:
-        settings.data_dir.mkdir(parents=True)
-    engine = make_engine(settings.sqlalchemy_url(), connect_args=args)
-
-    def migrate(conn: Connection, revision: str, down: bool = False) -> None:
-        cfg = alembic_config()
-        cfg.attributes["connection"] = conn
-        (command.downgrade if down else command.upgrade)(cfg, revision)
+    engine = await empty_database(settings)
 
     def tables(conn: Connection) -> set[str]:
         return set(inspect(conn).get_table_names())

@@ -14,7 +14,7 @@ from store.keys import normalize_key
 from store.repositories import TurnRecord
 from store.settings import StoreSettings
 from store.store import Store
-from tests.backends import SERVER_BACKEND, drop_schema, store_settings
+from tests.backends import SERVER_BACKEND, drop_schema, empty_database, migrate, store_settings
 from tests.proxy import TcpProxy
 
 
@@ -304,25 +304,11 @@ async def test_turn_usage_roundtrip(store: Store) -> None:
 
 
 async def test_turn_usage_migration_upgrades_and_downgrades(backend: str, tmp_path: Path) -> None:
-    from alembic import command
     from sqlalchemy import Connection, inspect, text
     from sqlalchemy.exc import IntegrityError
 
-    from store.db import alembic_config, ensure_schema, make_engine
-
     settings = store_settings(backend, tmp_path / "m")
-    args: dict[str, object] = {}
-    if settings.db_schema:
-        await ensure_schema(settings.sqlalchemy_url(), settings.db_schema)
-        args["server_settings"] = {"search_path": settings.db_schema}
-    else:
-        settings.data_dir.mkdir(parents=True)
-    engine = make_engine(settings.sqlalchemy_url(), connect_args=args)
-
-    def migrate(conn: Connection, revision: str, down: bool = False) -> None:
-        cfg = alembic_config()
-        cfg.attributes["connection"] = conn
-        (command.downgrade if down else command.upgrade)(cfg, revision)
+    engine = await empty_database(settings)
 
     def turn_columns(conn: Connection) -> set[str]:
         return {c["name"] for c in inspect(conn).get_columns("turns")}
