@@ -12,6 +12,11 @@ Bounds: at most ``CHUNK_QUEUE`` text chunks wait between the LLM and the
 TTS (the LLM waits when the TTS lags: text is never dropped); audio waits in
 the playout buffer's own bound.
 
+First sound: the near-silence a voice starts the reply's audio with (Piper:
+20-50 ms under -60 dBFS) is dropped before it reaches the playout buffer
+(``media.leadin``), so the caller hears the first word sooner; the pauses
+between the reply's sentences are left alone.
+
 TTS chunks carry their own sample rate, so the voice may change between
 chunks (a fallback from a cloud voice to Piper mid-reply): each change of
 rate gets a fresh resampler.
@@ -52,6 +57,7 @@ from agent.toolloop import ToolLoop, ToolUse
 from agent.tts import TTS, SpeechChunk, StreamingTTS, TTSInputStream
 from agent.turnclock import TurnClock
 from media.frames import PCM
+from media.leadin import LeadInTrimmer
 from media.playout import PlayoutBuffer, SegmentPlayback, heard_text
 from media.resample import StreamResampler
 
@@ -119,6 +125,8 @@ class Reply:
         """The LLM's steps and tool rounds (None for a canned text, or before it starts)."""
         self._tags: list[TextChunk] = []
         """The chunk of each playout segment opened, in order."""
+        self._lead_in = LeadInTrimmer(playout.sample_rate)
+        """Drops the voice's quiet start of the reply's first audio (not between sentences)."""
 
     async def run(self) -> None:
         """Generate and speak the reply until it is played out.
@@ -286,6 +294,7 @@ class Reply:
             playout.close_segment(segment)
 
     async def _push(self, segment: SegmentPlayback, pcm: PCM) -> None:
+        pcm = self._lead_in.process(pcm)
         if pcm.size:
             await self._playout.push(segment, pcm)
 

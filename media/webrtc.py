@@ -3,7 +3,9 @@
 The agent's peer connection carries the caller's audio track in (decoded by
 aiortc: Opus as 48 kHz stereo, G.711 as 8 kHz mono), the agent's audio track
 out (``PlayoutTrack``: aiortc pulls ``recv()``, paced by ``media.pacer.Pacer``),
-and JSON control and events on the ``events`` data channel.
+and JSON control and events on the ``events`` data channel. The caller's
+packets go through ``media.jitter.InboundAudioBuffer`` (no prefetch by
+default: each is decoded as it arrives) rather than aiortc's 80 ms buffer.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.errors import AudioFormatError
 from media.frames import FRAME_MS, PCM, AudioFrame
+from media.jitter import INBOUND_PREFETCH, MAX_PREFETCH, InboundAudioBuffer, install
 from media.pacer import Pacer
 from media.playout import PlayoutBuffer
 from media.transport import ControlInbox, ControlMessage, parse_control
@@ -119,6 +122,9 @@ class WebRtcTransport:
     for a plain close). A peer that vanishes without any of these (its ICE
     consent checks fail only after ~30 s) is caught sooner by the bridge's
     no-audio timeout.
+
+    ``inbound_prefetch``: packets of the caller's audio the jitter buffer
+    holds before decoding (``media.jitter``; 0, the default, holds none).
     """
 
     kind = "webrtc"
@@ -129,9 +135,15 @@ class WebRtcTransport:
         output_rate: int,
         *,
         disconnected_grace_s: float = DISCONNECTED_GRACE_S,
+        inbound_prefetch: int = INBOUND_PREFETCH,
     ) -> None:
+        if not 0 <= inbound_prefetch <= MAX_PREFETCH:
+            raise ValueError(f"inbound_prefetch must be within 0-{MAX_PREFETCH}")
         self._pc = pc
         self.disconnected_grace_s = disconnected_grace_s
+        self.inbound_prefetch = inbound_prefetch
+        self.inbound_buffer: InboundAudioBuffer | None = None
+        """The caller's jitter buffer, once their track is known (None if aiortc refused it)."""
         self.gone_reason: str | None = None
         """Why the peer is gone, when it failed rather than closed (see the class doc)."""
         self._grace: asyncio.Task[None] | None = None
@@ -152,6 +164,10 @@ class WebRtcTransport:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and not self._remote.done():
+            # fired in setRemoteDescription: no packet has arrived yet
+            receiver = next((r for r in self._pc.getReceivers() if r.track is track), None)
+            if receiver is not None:
+                self.inbound_buffer = install(receiver, self.inbound_prefetch)
             self._remote.set_result(track)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:

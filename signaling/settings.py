@@ -12,6 +12,7 @@ from limits import parse_many
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from media.jitter import INBOUND_PREFETCH, MAX_PREFETCH
 from signaling.platform_settings import OAuthClientSettings, SoundCloudSettings, SpotifySettings
 
 
@@ -116,6 +117,12 @@ class ServerSettings(BaseSettings):
     ice_servers: list[IceServer] = Field(default_factory=list)
     output_rate: int = 48_000
     """Rate of the agent's WebRTC track (Opus runs at 48 kHz)."""
+    webrtc_inbound_prefetch: int = Field(INBOUND_PREFETCH, ge=0, le=MAX_PREFETCH)
+    """Packets (20 ms each) of a WebRTC caller's audio held before decoding
+    (``PARLEY_WEBRTC_INBOUND_PREFETCH``, ``media.jitter``). 0 (default): none, each packet
+    goes to the VAD and STT as it arrives and one reordered past its successor is dropped;
+    N: aiortc's own jitter buffer with prefetch N (aiortc's default 4 adds 80 ms to every
+    turn's end and every barge-in, and lags for good after a loss or a reordering)."""
     sip_listen: str = "127.0.0.1:5060"
     """SIP on UDP and TCP at ``HOST:PORT`` (``[v6]:PORT`` for IPv6); ``off`` disables it."""
     sip_public_ip: str | None = None

@@ -56,7 +56,7 @@ async def answer_offer(
     rate = st.settings.output_rate
     ice = [RTCIceServer(s.urls, s.username, s.credential) for s in st.settings.ice_servers]
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-    transport = WebRtcTransport(pc, rate)
+    transport = WebRtcTransport(pc, rate, inbound_prefetch=st.settings.webrtc_inbound_prefetch)
     admitted: Admitted | None = None
     try:
         answer = await _answer(pc, sdp)
