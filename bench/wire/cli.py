@@ -5,7 +5,7 @@
     .venv/bin/python -m bench.wire
         [--scenarios v2v,turns,bargein,concurrency,soak,install,sip,cloud[,pipecat]]
         [--quick] [--config agent.yaml] [--set turn.end_of_turn_silence_ms=450 ...]
-        [--end-of-turn-model smart_turn|none]
+        [--end-of-turn-model smart_turn|none] [--caller-voices synthetic,human]
         [--levels 1,2,4,8,16] [--cloud-levels 1,5,10,20,30] [--level-seconds 60]
         [--profile] [--out bench/results] [--tag TAG] [--compare earlier.json]
 
@@ -22,6 +22,14 @@ scenario (only when named) asks the v2v questions of the Pipecat reference
 bot (``bench/pipecat_ref``; its venv comes from ``bench/pipecat_ref/install.sh``)
 after the Parley server is done, and the report states Parley's ratio to it. Server logs and
 the raw profile go to a temporary work directory named in the JSON.
+
+``--caller-voices`` says who speaks the caller's lines in ``v2v`` and
+``bargein``: ``synthetic`` (the default: Piper and espeak-ng saying the
+scripted texts) and/or ``human`` (Debian's Asterisk prompts,
+``bench.wire.speech.CallerVoice``). Each runs in turn on the same server; the
+synthetic results keep their keys (``v2v``, ``bargein``), human speech's go to
+``v2v-human`` and ``bargein-human`` (interruptions only: coughs and
+backchannels are synthetic and run with the synthetic voices).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -65,12 +74,16 @@ from bench.wire.scenarios.concurrency import Level
 from bench.wire.server import Monitor, ServerError, ServerProcess, read_tree
 from bench.wire.speech import (
     BACKCHANNELS,
+    CALLER_VOICES,
     GREETING,
     INTERRUPTIONS,
     QUESTIONS,
     SHORT_QUESTIONS,
     SPLIT_QUESTIONS,
+    CallerVoice,
     espeak_available,
+    human_lines,
+    scenario_key,
     speech,
     voices,
 )
@@ -178,6 +191,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="turn.end_of_turn_model of the served agent (default: the config's); run once "
         "with each, e.g. --scenarios turns --tag eot-on / --tag eot-off, to compare",
     )
+    p.add_argument(
+        "--caller-voices",
+        default="synthetic",
+        help="who speaks the caller's lines in v2v and bargein, comma-separated: 'synthetic' "
+        "(Piper and espeak-ng) and/or 'human' (Debian's Asterisk prompts, "
+        "scripts/install_test_audio.sh)",
+    )
     p.add_argument("--profile", action="store_true", help="py-spy the server during v2v")
     p.add_argument(
         "--workers", type=int, default=1, help="server worker processes (python -m signaling)"
@@ -199,6 +219,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS) - set(PARTS) - set(REFERENCES)
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    kinds = [k.strip() for k in args.caller_voices.split(",") if k.strip()]
+    if not kinds or set(kinds) - set(CALLER_VOICES):
+        choices = " and/or ".join(CALLER_VOICES)
+        p.error(f"--caller-voices takes {choices}, got {args.caller_voices!r}")
+    args.caller_voices = [k for k in CALLER_VOICES if k in kinds]
     return args
 
 
@@ -241,6 +266,32 @@ def prepare_speech(names: list[str]) -> int:
         for voice in names:
             speech(text, voice)
     return len(texts) * len(names)
+
+
+def human_speech_record() -> dict[str, Any]:
+    """The human lines the scenarios speak, for the results (or why there are none)."""
+    try:
+        human = CallerVoice.human()
+    except (OSError, ValueError) as exc:  # HumanSpeechMissingError is an OSError
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    by_name = {line.name: line for line in human_lines()}
+
+    def record(names: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [
+            {
+                "prompt": name,
+                "text": by_name[name].text,
+                "speech_s": round(by_name[name].speech_s, 2),
+            }
+            for name in names
+        ]
+
+    n = len(human.questions)
+    return {
+        "source": "Debian asterisk-core-sounds-en-wav (one speaker, 8 kHz, upsampled to 16 kHz)",
+        "questions": record(human.sources[:n]),
+        "interruptions": record(human.sources[n:]),
+    }
 
 
 def _git() -> dict[str, Any]:
@@ -316,7 +367,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     config = AgentConfig.load(config_path)
     names = voices()
     t_start = time.monotonic()
-    log(f"work dir {work}; voices {names}; preparing speech")
+    log(f"work dir {work}; voices {names}; caller voices {args.caller_voices}; preparing speech")
     clips = await asyncio.to_thread(prepare_speech, names)
     doc: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
@@ -332,12 +383,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "knobs": _knobs(config),
         },
         "voices": names,
+        "caller_voices": args.caller_voices,
         "espeak_ng": espeak_available(),
         "clips_prepared": clips,
         "work_dir": str(work),
         "servers": {},
         "scenarios": {},
     }
+    if "human" in args.caller_voices:
+        doc["human_speech"] = await asyncio.to_thread(human_speech_record)
     results: dict[str, Any] = doc["scenarios"]
     main_needed = [s for s in chosen if s in ("v2v", "turns", "concurrency", "soak")]
     if main_needed:
@@ -429,24 +483,28 @@ async def _with_server(
                     )
                 return
             if role == "bargein":
-                await _guard(
-                    "bargein",
-                    results,
-                    60.0 * (plan.interruptions + plan.coughs + plan.backchannels) + 60,
-                    lambda: bargein.run(ctx, plan.interruptions, plan.coughs, plan.backchannels),
-                )
+                for kind in args.caller_voices:
+                    noises = plan.coughs + plan.backchannels if kind == "synthetic" else 0
+                    key = scenario_key("bargein", kind)
+                    await _guard(
+                        key,
+                        results,
+                        60.0 * (plan.interruptions + noises) + 60,
+                        functools.partial(_bargein, ctx, plan, kind),
+                    )
                 return
             if "v2v" in chosen:
                 prof = Profiler(server.pid, work / "v2v-profile.txt") if args.profile else None
                 if prof is not None and not prof.start():
                     doc["profile"] = {"error": "py-spy is not installed"}
                     prof = None
-                await _guard(
-                    "v2v",
-                    results,
-                    90.0 * plan.v2v_calls * plan.v2v_turns_per_call + 60,
-                    lambda: v2v.run(ctx, plan.v2v_calls, plan.v2v_turns_per_call),
-                )
+                for kind in args.caller_voices:
+                    await _guard(
+                        scenario_key("v2v", kind),
+                        results,
+                        90.0 * plan.v2v_calls * plan.v2v_turns_per_call + 60,
+                        functools.partial(_v2v, ctx, plan, kind),
+                    )
                 if prof is not None:
                     doc["profile"] = await prof.stop()
             if "turns" in chosen:
@@ -477,6 +535,21 @@ async def _with_server(
         code = await server.stop()
         doc["servers"][role]["exit_code"] = code
         doc["servers"][role]["log"] = str(server.log_path)
+
+
+async def _v2v(ctx: BenchContext, plan: Plan, kind: str) -> dict[str, Any]:
+    """The v2v scenario with caller voice ``kind``."""
+    voice = CallerVoice.of(kind, ctx.voices)
+    return await v2v.run(ctx, plan.v2v_calls, plan.v2v_turns_per_call, caller_voice=voice)
+
+
+async def _bargein(ctx: BenchContext, plan: Plan, kind: str) -> dict[str, Any]:
+    """The barge-in scenario with caller voice ``kind`` (coughs and backchannels are
+    synthetic: they run with the synthetic voices only)."""
+    voice = CallerVoice.of(kind, ctx.voices)
+    synthetic = kind == "synthetic"
+    coughs, backchannels = (plan.coughs, plan.backchannels) if synthetic else (0, 0)
+    return await bargein.run(ctx, plan.interruptions, coughs, backchannels, caller_voice=voice)
 
 
 async def _pipecat(

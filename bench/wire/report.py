@@ -12,6 +12,7 @@ from bench.wire import plots
 from bench.wire.audio import LOUD_DBFS, STOP_HOLD_S, UNDERRUN_MIN_S
 from bench.wire.scenarios import cloud
 from bench.wire.scenarios.common import STAGES
+from bench.wire.speech import CALLER_VOICES, scenario_key
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -42,17 +43,29 @@ def _err(sc: dict[str, Any], name: str) -> str | None:
     return str(r["error"]) if isinstance(r, dict) and "error" in r else None
 
 
-def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    """The headline figures: (figure, value) rows."""
-    sc = doc["scenarios"]
+def spoken_on(sc: dict[str, Any], kind: str) -> str:
+    """What a figure of caller voice ``kind`` says it was measured on: nothing for the
+    synthetic voices in a run without human speech (the report as it always was),
+    else " on synthetic voices" / " on human speech"."""
+    if kind == "synthetic" and not any(k in sc for k in ("v2v-human", "bargein-human")):
+        return ""
+    return " on human speech" if kind == "human" else f" on {kind} voices"
+
+
+def _v2v_rows(sc: dict[str, Any], kind: str) -> list[tuple[str, str]]:
+    """The v2v scenario's rows for caller voice ``kind``."""
+    key = scenario_key("v2v", kind)
+    on = spoken_on(sc, kind)
     rows: list[tuple[str, str]] = []
-    for role, s in doc.get("servers", {}).items():
-        rows.append((f"server time to ready ({role} server)", _fmt(s.get("ready_s"), " s")))
-    if (v := sc.get("v2v")) and "v2v_ms" in v:
+    if (v := sc.get(key)) and "v2v_ms" in v:
+        asked = (
+            f"{v['questions']} questions, {len(v['voices'])} voices"
+            if kind == "synthetic"
+            else f"{v['questions']} Asterisk prompts, one speaker"
+        )
         rows.append(
             (
-                f"voice-to-voice, 1 call ({v['questions']} questions, "
-                f"{len(v['voices'])} voices): min / median / p90 / p99 / max",
+                f"voice-to-voice{on}, 1 call ({asked}): min / median / p90 / p99 / max",
                 _dist(v["v2v_ms"]),
             )
         )
@@ -64,13 +77,20 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{v.get('underruns')} ({v.get('underrun_ms')} ms over {v.get('reply_audio_s')} s)",
             )
         )
-    elif e := _err(sc, "v2v"):
-        rows.append(("voice-to-voice", f"error: {e}"))
-    rows += _pipecat_rows(sc)
-    if (b := sc.get("bargein")) and "stop_ms" in b:
+    elif e := _err(sc, key):
+        rows.append((f"voice-to-voice{on}", f"error: {e}"))
+    return rows
+
+
+def _bargein_rows(sc: dict[str, Any], kind: str) -> list[tuple[str, str]]:
+    """The barge-in scenario's rows for caller voice ``kind`` (noise rows where it ran any)."""
+    key = scenario_key("bargein", kind)
+    on = spoken_on(sc, kind)
+    rows: list[tuple[str, str]] = []
+    if (b := sc.get(key)) and "stop_ms" in b:
         rows.append(
             (
-                f"barge-in: caller onset -> agent silent >= {STOP_HOLD_S:.0f} s: "
+                f"barge-in{on}: caller onset -> agent silent >= {STOP_HOLD_S:.0f} s: "
                 "min / median / p90 / p99 / max",
                 _dist(b["stop_ms"]),
             )
@@ -91,8 +111,10 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
             )
         rows.append(("  interruptions that did not stop the agent", _fmt(b.get("not_stopped"))))
         window = b["false_interruption_timeout_ms"]
-        for key, label in (("coughs", "cough bursts"), ("backchannels", "backchannels (hmm)")):
-            n = b.get(key, {})
+        for noise, label in (("coughs", "cough bursts"), ("backchannels", "backchannels (hmm)")):
+            n = b.get(noise, {})
+            if kind != "synthetic" and not n.get("trials"):
+                continue  # synthetic sounds: measured with the synthetic voices only
             rows.append(
                 (
                     f"{label} within burst + {window} ms window",
@@ -101,8 +123,22 @@ def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
                     f"max {_fmt(n.get('longest_silence_ms', {}).get('max'))} ms",
                 )
             )
-    elif e := _err(sc, "bargein"):
-        rows.append(("barge-in", f"error: {e}"))
+    elif e := _err(sc, key):
+        rows.append((f"barge-in{on}", f"error: {e}"))
+    return rows
+
+
+def figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """The headline figures: (figure, value) rows."""
+    sc = doc["scenarios"]
+    rows: list[tuple[str, str]] = []
+    for role, s in doc.get("servers", {}).items():
+        rows.append((f"server time to ready ({role} server)", _fmt(s.get("ready_s"), " s")))
+    rows += _v2v_rows(sc, "synthetic")
+    rows += _pipecat_rows(sc)  # asked the synthetic voices' questions
+    rows += _v2v_rows(sc, "human")
+    for kind in CALLER_VOICES:
+        rows += _bargein_rows(sc, kind)
     rows += _sip_figures(sc.get("sip"))
     if (t := sc.get("turns")) and "cut_off" in t:
         pauses = sorted(x["pause_ms"] for x in t["trials"])
@@ -209,6 +245,18 @@ def _stage_rows(stages: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{_fmt(s.get('median'))} / {_fmt(s.get('p90'))} ms",
             )
         )
+        if key == "network_ms":
+            for part, way in (
+                ("network_in_ms", "in: caller -> the agent's VAD"),
+                ("network_out_ms", "out: agent playout -> caller, with the voice's lead-in"),
+            ):
+                if p := stages.get(part):
+                    rows.append(
+                        (
+                            f"    of which {way} (median / p90)",
+                            f"{_fmt(p.get('median'))} / {_fmt(p.get('p90'))} ms",
+                        )
+                    )
     hidden = stages.get("preemptive_hidden_ms") or {}
     if hidden.get("n"):
         rows.append(
@@ -727,6 +775,10 @@ def _compare(doc: dict[str, Any], before: dict[str, Any]) -> list[str]:
         out.append(("turns cut off early", t.get("cut_off")))
         out.append(("turn-taking questions", t.get("questions")))
         out.append(("barge-in stop median ms", b.get("stop_ms", {}).get("median")))
+        hv, hb = sc.get("v2v-human", {}), sc.get("bargein-human", {})
+        out.append(("human speech: v2v median ms", hv.get("v2v_ms", {}).get("median")))
+        out.append(("human speech: v2v p90 ms", hv.get("v2v_ms", {}).get("p90")))
+        out.append(("human speech: barge-in stop median ms", hb.get("stop_ms", {}).get("median")))
         for key in ("coughs", "backchannels"):
             out.append((f"{key}: false interruptions", b.get(key, {}).get("false_interruptions")))
         c = sc.get("cloud", {})
@@ -761,6 +813,43 @@ def _compare(doc: dict[str, Any], before: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _caller_voices(doc: dict[str, Any]) -> str:
+    """The header's sentence on who spoke the caller's lines."""
+    voices = ", ".join(doc["voices"])
+    human = doc.get("human_speech")
+    if human is None:  # synthetic voices only: the sentence as it always was
+        return f"Caller voices: {voices}."
+    synthetic = "synthetic" in doc.get("caller_voices", ["synthetic"])
+    if "error" in human:
+        missing = f"human speech was asked for but is not available ({human['error']})"
+        return f"Caller voices: {voices}; {missing}." if synthetic else f"Caller voice: {missing}."
+    prompts = (
+        "Debian's Asterisk prompts, one person on 8 kHz telephone audio upsampled to 16 kHz "
+        f"(the first of {len(human['questions'])} v2v and {len(human['interruptions'])} "
+        "barge-in lines listed in the JSON)"
+    )
+    if synthetic:
+        return f"Caller voices: {voices} (synthetic voices); figures 'on human speech': {prompts}."
+    return f"Caller voice: human speech, {prompts}."
+
+
+def _human_definition(doc: dict[str, Any]) -> list[str]:
+    """The definition of the human-speech figures (none when none were asked for)."""
+    human = doc.get("human_speech")
+    if not human or "error" in human:
+        return []
+    return [
+        "- On human speech: the caller's lines are Debian's Asterisk prompts "
+        "(`asterisk-core-sounds-en-wav`, one human speaker), those with one plain English "
+        "sentence of at least three words and 1.5-5 s of speech, in a fixed order (a hash of "
+        "the prompt's name); trimmed to their speech and normalised to the synthetic clips' "
+        "peak. The prompts are statements, not questions (the agent answers anything). "
+        "Barge-in on human speech interrupts the greeting with the next prompts of the same "
+        "order; coughs and backchannels are synthetic sounds, run with the synthetic voices "
+        "only. The prompts are listed in the JSON (`human_speech`).",
+    ]
+
+
 def markdown(
     doc: dict[str, Any], plot_paths: dict[str, Path], out: Path, before: dict[str, Any] | None
 ) -> str:
@@ -776,7 +865,7 @@ def markdown(
         f"{m.get('loadavg_end')} at the end (other work shares this machine). Commit "
         f"`{doc['git']['commit'][:10]}`{' (dirty tree)' if doc['git']['dirty'] else ''}; agent "
         f"config {doc['config']['path']}, overrides {doc['config']['overrides'] or 'none'}. "
-        f"Caller voices: {', '.join(doc['voices'])}.",
+        + _caller_voices(doc),
         "",
         "## Figures",
         "",
@@ -926,14 +1015,18 @@ def markdown(
         "metrics event; 'LLM first chunk wait + scheduling' is the server's voice-to-voice "
         "minus the named stages (tokens until the chunker's first clause, task hand-offs, "
         "the playout tick); 'network / playout' is the caller's figure minus the server's: "
-        "both RTP paths with aiortc's audio jitter buffers (4 packets of prefetch each way), "
-        "Opus, and the voice's quiet lead-in before its first loud frame.",
+        "both RTP paths, Opus, the jitter buffers (the agent's holds "
+        "PARLEY_WEBRTC_INBOUND_PREFETCH packets, 0 by default; the caller's, aiortc's, 4) "
+        "and what is left of the voice's quiet lead-in before its first loud frame. Its "
+        "'in' part ends when the server's VAD got the last speech sample (placed on the "
+        "caller's clock by the metrics event's arrival, ~1 ms late); 'out' is the rest.",
         f"- Barge-in stop: the caller's speech onset -> the end of the last loud agent frame "
         f"followed by at least {STOP_HOLD_S:.0f} s without a loud frame.",
         "- Cough: a 150-300 ms band-limited noise burst; backchannel: a voiced 'hmm' without "
         "words. Each is ok when the longest silence overlapping the sound and the window "
         "after it stays within its length + false_interruption_timeout_ms + 300 ms, the "
         "reply resumes, and no interruption is confirmed.",
+        *_human_definition(doc),
         "- Turn cut off early: a final transcript or the THINKING state arrived before the "
         "second half of the question was spoken, or the question produced two final "
         "transcripts.",

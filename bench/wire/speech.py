@@ -5,21 +5,33 @@ Two voice families speak the questions: Piper (``tests.speech.speak``, the
 voices, cached the same way). Every clip is trimmed to its speech, normalised
 to the same peak and given known speech bounds, so a scenario knows exactly
 when the caller's speech starts and ends inside the audio it sends.
+
+Human speech (``HUMAN_VOICE``): the v2v and barge-in scenarios may take their
+caller's lines from Debian's Asterisk prompts instead (``bench.human_speech``:
+one human speaker, 8 kHz telephone audio, upsampled to the 16 kHz the caller
+sends, then trimmed and normalised like the synthetic clips). The prompts are
+not questions, but the agent answers anything. ``CallerVoice`` says who speaks
+a scenario's lines: ``synthetic`` (the scripted texts in the synthetic voices)
+or ``human`` (a fixed selection of prompts, ``human_lines``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from bench.human_speech import load_clips, normalize, usable_transcript
 from media.frames import PCM, PIPELINE_RATE
 from media.resample import resample
 from media.wav import read_wav
@@ -31,6 +43,17 @@ SPEECH_THRESHOLD_DBFS = -45.0
 """A 10 ms window louder than this is speech when trimming and bounding clips."""
 PEAK_DBFS = -6.0
 """Every clip is scaled to this peak, whatever voice made it."""
+HUMAN_VOICE = "human:asterisk"
+"""The voice of human speech: Debian's Asterisk prompts (one speaker, 8 kHz recordings)."""
+HUMAN_SPEECH_S = (1.5, 5.0)
+"""Shortest and longest speech of a human line, in seconds (after trimming)."""
+HUMAN_MIN_WORDS = 3
+HUMAN_QUESTIONS = 20
+"""Human lines the voice-to-voice scenario asks (as many as ``QUESTIONS``)."""
+HUMAN_INTERRUPTIONS = 10
+"""The next human lines: what the caller says over the agent (as many as ``INTERRUPTIONS``)."""
+CALLER_VOICES = ("synthetic", "human")
+"""Who may speak the caller's lines (``CallerVoice.kind``)."""
 
 QUESTIONS = (
     "What is the capital of France?",
@@ -193,7 +216,15 @@ def _normalise(pcm: PCM) -> PCM:
 
 
 def speech(text: str, voice: str) -> PCM:
-    """Speech of ``text`` in ``voice``, trimmed to its speech bounds and peak-normalised."""
+    """Speech of ``text`` in ``voice``, trimmed to its speech bounds and peak-normalised.
+
+    ``HUMAN_VOICE`` says only the texts of ``human_lines()``: the recording of that text.
+    """
+    if voice == HUMAN_VOICE:
+        for line in human_lines():
+            if line.text == text:
+                return line.pcm
+        raise ValueError(f"no selected human line says {text!r}")
     if voice == PIPER_VOICE:
         raw = speak(text)
     elif voice.startswith("espeak:"):
@@ -258,3 +289,130 @@ def cough(duration_s: float, seed: int, peak_dbfs: float = -8.0) -> Utterance:
     burst *= 32767.0 * 10 ** (peak_dbfs / 20) / max(float(np.max(np.abs(burst))), 1e-9)
     body: PCM = burst.astype(np.int16)
     return Utterance(f"<cough {int(duration_s * 1000)} ms>", "noise", body, 0, body.size)
+
+
+@dataclass(frozen=True, slots=True)
+class HumanLine:
+    """An Asterisk prompt as a caller's line: 16 kHz, trimmed to its speech, peak-normalised."""
+
+    name: str
+    """The prompt's file name (without ``.wav``)."""
+    text: str
+    """Its reference transcript."""
+    pcm: PCM
+
+    @property
+    def speech_s(self) -> float:
+        """Length of the speech in seconds."""
+        return self.pcm.size / PIPELINE_RATE
+
+
+_SENTENCE_END = re.compile(r"[.?!]")
+
+
+def one_sentence(text: str) -> bool:
+    """Whether ``text`` is one whole sentence: a capital first, one . ? or ! at the end."""
+    text = text.strip()
+    return (
+        len(text) > 1
+        and text[0].isupper()
+        and text[-1] in ".?!"
+        and not _SENTENCE_END.search(text[:-1])
+    )
+
+
+def fit_for_caller(text: str) -> bool:
+    """A prompt transcript a caller may say: plain spoken English (no digits, keypad
+    symbols or markup), at least ``HUMAN_MIN_WORDS`` words, one whole sentence."""
+    return usable_transcript(text, HUMAN_MIN_WORDS) and one_sentence(text)
+
+
+@functools.cache
+def human_lines(n: int = HUMAN_QUESTIONS + HUMAN_INTERRUPTIONS) -> tuple[HumanLine, ...]:
+    """The first ``n`` Asterisk prompts fit to be a caller's line, in a fixed order.
+
+    Fit: ``fit_for_caller`` and ``HUMAN_SPEECH_S`` of speech once trimmed; of two
+    recordings of the same words the first is kept. The order is
+    ``bench.human_speech``'s (a hash of the prompt's name, spread over the prompt
+    families), so the selection is the same on every machine with the same
+    package. Raises ``bench.human_speech.HumanSpeechMissingError`` when the
+    prompts are not installed (``scripts/install_test_audio.sh``).
+    """
+    shortest, longest = HUMAN_SPEECH_S
+    lines: list[HumanLine] = []
+    said: set[str] = set()
+    for clip in load_clips(accept=fit_for_caller, max_seconds=longest + 2.0):
+        start, end = speech_bounds(clip.pcm)
+        words = normalize(clip.text)
+        if not shortest <= (end - start) / PIPELINE_RATE <= longest or words in said:
+            continue
+        said.add(words)
+        lines.append(HumanLine(clip.name, clip.text, _normalise(clip.pcm[start:end])))
+        if len(lines) >= n:
+            break
+    return tuple(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class CallerVoice:
+    """Who speaks the caller's lines in the v2v and barge-in scenarios.
+
+    The ``n``-th question (or interruption) is line ``n`` of its list, spoken
+    in voice ``n`` of ``voices``, both cycling.
+    """
+
+    kind: str
+    """One of ``CALLER_VOICES``."""
+    voices: tuple[str, ...]
+    questions: tuple[str, ...]
+    interruptions: tuple[str, ...]
+    sources: tuple[str, ...] = ()
+    """Human speech: the prompts the questions, then the interruptions, come from."""
+
+    @classmethod
+    def synthetic(cls, voice_names: Sequence[str]) -> CallerVoice:
+        """The scripted questions and interruptions in the synthetic voices."""
+        return cls("synthetic", tuple(voice_names), QUESTIONS, INTERRUPTIONS)
+
+    @classmethod
+    def human(cls) -> CallerVoice:
+        """The first ``HUMAN_QUESTIONS`` of ``human_lines()`` as questions, the next
+        ``HUMAN_INTERRUPTIONS`` as interruptions (raises ``HumanSpeechMissingError``
+        when the prompts are not installed; ``ValueError`` when too few fit)."""
+        lines = human_lines()
+        if len(lines) < HUMAN_QUESTIONS + HUMAN_INTERRUPTIONS:
+            raise ValueError(
+                f"only {len(lines)} Asterisk prompts fit as caller lines, "
+                f"{HUMAN_QUESTIONS + HUMAN_INTERRUPTIONS} needed"
+            )
+        texts = tuple(line.text for line in lines)
+        return cls(
+            "human",
+            (HUMAN_VOICE,),
+            texts[:HUMAN_QUESTIONS],
+            texts[HUMAN_QUESTIONS:],
+            tuple(line.name for line in lines),
+        )
+
+    @classmethod
+    def of(cls, kind: str, voice_names: Sequence[str]) -> CallerVoice:
+        """The caller voice named ``kind`` (``voice_names``: the synthetic voices)."""
+        if kind == "synthetic":
+            return cls.synthetic(voice_names)
+        if kind == "human":
+            return cls.human()
+        raise ValueError(f"unknown caller voice {kind!r} (one of {', '.join(CALLER_VOICES)})")
+
+    def question(self, n: int) -> tuple[str, str]:
+        """The ``n``-th question: its text and the voice that says it."""
+        return self.questions[n % len(self.questions)], self.voices[n % len(self.voices)]
+
+    def interruption(self, n: int) -> tuple[str, str]:
+        """The ``n``-th interruption: its text and the voice that says it."""
+        return self.interruptions[n % len(self.interruptions)], self.voices[n % len(self.voices)]
+
+
+def scenario_key(name: str, kind: str) -> str:
+    """The results key of scenario ``name`` with caller voice ``kind``: the synthetic
+    voices keep the plain name (``v2v``), the others get a suffix (``v2v-human``)."""
+    return name if kind == "synthetic" else f"{name}-{kind}"

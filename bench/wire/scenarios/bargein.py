@@ -5,17 +5,19 @@ The server of this scenario greets every call with a long canned reply
 each call has a reply to talk over at a chosen moment, independent of the LLM.
 
 * **Interruption**: 1.0-3.4 s into the greeting the caller says a short
-  question. Measured: the onset of the caller's speech in the sent audio ->
-  the moment the received agent audio goes silent and stays silent for at
-  least 1 s (``AudioTrace.stop_after``; natural pauses of 100-400 ms never
-  qualify). The stop time is split into its parts from the events' arrival
-  times at the caller: **VAD onset** (caller onset -> the server's ``vad``
-  speaking event: audio path in, the VAD's onset windows), **hold** (``vad``
-  -> the ``interruption`` paused event: ``interruption.min_speech_ms`` and
-  the VAD window it lands in), and **pause -> silence** (the paused event ->
-  the caller hears silence: audio the server had already sent, the pacer's
-  frame, the caller's jitter buffer; the event and the audio share the
-  network path, so its latency cancels out).
+  question (or, with human speech as the caller voice, an Asterisk prompt:
+  ``bench.wire.speech.CallerVoice``). Measured: the onset of the caller's
+  speech in the sent audio -> the moment the received agent audio goes
+  silent and stays silent for at least 1 s (``AudioTrace.stop_after``;
+  natural pauses of 100-400 ms never qualify). The stop time is split into
+  its parts from the events' arrival times at the caller: **VAD onset**
+  (caller onset -> the server's ``vad`` speaking event: audio path in, the
+  VAD's onset windows), **hold** (``vad`` -> the ``interruption`` paused
+  event: ``interruption.min_speech_ms`` and the VAD window it lands in), and
+  **pause -> silence** (the paused event -> the caller hears silence: audio
+  the server had already sent, the pacer's frame, the caller's jitter
+  buffer; the event and the audio share the network path, so its latency
+  cancels out).
 * **Cough**: a 150-300 ms noise burst (``speech.cough``) instead of words.
   It must not stop the reply for longer than the configured window: the
   longest silence overlapping the burst and the window after it must stay
@@ -27,6 +29,9 @@ each call has a reply to talk over at a chosen moment, independent of the LLM.
   "Mm-hmm."): the VAD fires, the playout pauses, the transcript holds only
   filler words, and the reply must resume within the same window. This is
   the path that exercises ``false_interruption_timeout_ms``.
+
+Coughs and backchannels are synthetic whatever the caller voice: a run on
+human speech asks for none (``coughs=0, backchannels=0``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,14 @@ from typing import Any
 from bench.wire.audio import LOUD_DBFS, STOP_HOLD_S, AudioTrace
 from bench.wire.client import WireCaller
 from bench.wire.scenarios.common import BenchContext
-from bench.wire.speech import BACKCHANNELS, INTERRUPTIONS, Utterance, cough, utterance
+from bench.wire.speech import (
+    BACKCHANNELS,
+    CallerVoice,
+    Utterance,
+    cough,
+    scenario_key,
+    utterance,
+)
 from bench.wire.stats import summarize
 
 COUGH_TOLERANCE_S = 0.3
@@ -84,11 +96,10 @@ async def _greeted(caller: WireCaller) -> float | None:
     return caller.trace().first_loud(0.0)
 
 
-async def _interrupt(ctx: BenchContext, i: int) -> dict[str, Any]:
-    phrase = INTERRUPTIONS[i % len(INTERRUPTIONS)]
-    voice = ctx.voices[i % len(ctx.voices)]
+async def _interrupt(ctx: BenchContext, i: int, lines: CallerVoice) -> dict[str, Any]:
+    phrase, voice = lines.interruption(i)
     delay = 1.0 + (i % 5) * 0.6
-    caller = WireCaller(ctx.client, f"barge-{i}")
+    caller = WireCaller(ctx.client, f"{scenario_key('barge', lines.kind)}-{i}")
     out: dict[str, Any] = {"phrase": phrase, "voice": voice, "into_reply_s": delay}
     try:
         await caller.connect()
@@ -215,15 +226,26 @@ def _noise_summary(trials: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def run(
-    ctx: BenchContext, interruptions: int, coughs: int, backchannels: int
+    ctx: BenchContext,
+    interruptions: int,
+    coughs: int,
+    backchannels: int,
+    caller_voice: CallerVoice | None = None,
 ) -> dict[str, Any]:
-    """Run the interruption, cough and backchannel trials; returns records and summaries."""
+    """Run the interruption, cough and backchannel trials; returns records and summaries.
+
+    ``caller_voice``: who interrupts (default: the synthetic voices of ``ctx``).
+    """
+    lines = caller_voice or CallerVoice.synthetic(ctx.voices)
     t0 = time.monotonic()
     trials: list[dict[str, Any]] = []
     for i in range(interruptions):
-        trial = await _interrupt(ctx, i)
+        trial = await _interrupt(ctx, i, lines)
         trials.append(trial)
-        ctx.say(f"barge-in {i}: stop after {trial.get('stop_ms')} ms {trial.get('error') or ''}")
+        ctx.say(
+            f"{scenario_key('barge-in', lines.kind)} {i}: stop after {trial.get('stop_ms')} ms "
+            f"{trial.get('error') or ''}"
+        )
     coughs_done: list[dict[str, Any]] = []
     for i in range(coughs):
         ms = COUGH_MS[i % len(COUGH_MS)]
@@ -246,6 +268,7 @@ async def run(
         )
     stops = [float(t["stop_ms"]) for t in trials if t.get("stop_ms") is not None]
     return {
+        "caller_voice": lines.kind,
         "interruptions": trials,
         "stop_ms": summarize(stops),
         "stopped": len(stops),

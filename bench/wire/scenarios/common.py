@@ -88,6 +88,8 @@ class Turn:
     reply_audio_s: float = 0.0
     server: dict[str, Any] | None = None
     """The session's own metrics event of the turn."""
+    server_at: float | None = None
+    """Monotonic time the metrics event arrived (places the server's marks on our clock)."""
     underruns: list[Gap] = field(default_factory=list)
     error: str | None = None
 
@@ -112,6 +114,14 @@ class Turn:
         server_v2v = float(m["voice_to_voice_ms"])
         out["chunk_wait_ms"] = round(server_v2v - sum(out.values()), 1)
         out["network_ms"] = round(self.v2v_ms - server_v2v, 1)
+        emitted = marks.get("emitted")
+        if emitted is not None and self.server_at is not None:
+            # the server's speech end on our clock (less the events channel's ~1 ms):
+            # network in = sent -> the VAD got it (RTP, the agent's jitter buffer, Opus);
+            # network out = the rest (pacer, RTP, the caller's jitter buffer, lead-in)
+            heard_end = self.server_at - float(emitted) / 1000
+            out["network_in_ms"] = round((heard_end - self.asked_at) * 1000, 1)
+            out["network_out_ms"] = round(out["network_ms"] - out["network_in_ms"], 1)
         out["server_v2v_ms"] = server_v2v
         out["preemptive_hidden_ms"] = round(hidden, 1)
         return out
@@ -122,6 +132,7 @@ class Turn:
         data["underruns"] = [asdict(g) for g in self.underruns]
         data["stages"] = self.stages()
         data.pop("asked_at")
+        data.pop("server_at")
         return data
 
 
@@ -130,6 +141,8 @@ def stage_summary(turns: list[Turn]) -> dict[str, dict[str, float]]:
     rows = [s for t in turns if (s := t.stages()) is not None]
     out = {key: summarize([r[key] for r in rows]) for key, _ in STAGES}
     out["server_v2v_ms"] = summarize([r["server_v2v_ms"] for r in rows])
+    for part in ("network_in_ms", "network_out_ms"):  # the network stage's two ways
+        out[part] = summarize([r[part] for r in rows if part in r])
     hidden = [r["preemptive_hidden_ms"] for r in rows if r["preemptive_hidden_ms"] > 0]
     out["preemptive_hidden_ms"] = summarize(hidden)
     return out
@@ -201,9 +214,10 @@ async def ask(
         lambda: any(e.get("turn_id") == reply["turn_id"] for _, e in caller.of_type("metrics")),
         2.0,
     )
-    for _, e in caller.of_type("metrics", start):
+    for at, e in caller.of_type("metrics", start):
         if e.get("turn_id") == reply["turn_id"]:
             turn.server = {k: v for k, v in e.items() if k not in ("type", "at")}
+            turn.server_at = at
     await asyncio.sleep(0.3)  # the last frames may trail the event by a few packets
     _measure_reply(caller, turn, first, reply_at + 0.3)
     return turn

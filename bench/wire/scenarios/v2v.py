@@ -7,6 +7,8 @@ first token, chunk wait, TTS first audio, and network/playout as the rest).
 Calls hold several turns so the chat history grows as in a real call.
 ``caller_type`` picks the signaling: ``WireCaller`` for the Parley server,
 ``PipecatCaller`` for the Pipecat reference bot (audio only: no stages).
+``caller_voice`` picks who asks: the scripted questions in the synthetic
+voices (default) or human speech (``bench.wire.speech.CallerVoice``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import httpx
 
 from bench.wire.client import WireCaller
 from bench.wire.scenarios.common import BenchContext, Turn, ask, stage_summary
-from bench.wire.speech import QUESTIONS, utterance
+from bench.wire.speech import CallerVoice, scenario_key, utterance
 from bench.wire.stats import summarize
 
 REPLY_LISTEN_S = 40.0
@@ -32,30 +34,35 @@ async def run(
     calls: int,
     turns_per_call: int,
     caller_type: Callable[[httpx.AsyncClient, str], WireCaller] = WireCaller,
+    caller_voice: CallerVoice | None = None,
 ) -> dict[str, Any]:
-    """Ask ``calls`` x ``turns_per_call`` questions; returns the scenario's results."""
+    """Ask ``calls`` x ``turns_per_call`` questions; returns the scenario's results.
+
+    ``caller_voice``: who asks (default: the synthetic voices of ``ctx``).
+    """
+    lines = caller_voice or CallerVoice.synthetic(ctx.voices)
+    name = scenario_key("v2v", lines.kind)
     turns: list[Turn] = []
     t0 = time.monotonic()
     n = 0
     for c in range(calls):
-        caller = caller_type(ctx.client, f"v2v-{c}")
+        caller = caller_type(ctx.client, f"{name}-{c}")
         try:
             await caller.connect()
             await asyncio.sleep(0.5)
             for k in range(turns_per_call):
-                text = QUESTIONS[n % len(QUESTIONS)]
-                voice = ctx.voices[n % len(ctx.voices)]
+                text, voice = lines.question(n)
                 n += 1
                 turn = await ask(
                     caller,
                     utterance(text, voice, lead_s=0.4),
-                    call=f"v2v-{c}",
+                    call=f"{name}-{c}",
                     index=k,
                     listen_s=REPLY_LISTEN_S,
                 )
                 turns.append(turn)
                 ctx.say(
-                    f"v2v call {c} turn {k}: {turn.v2v_ms} ms"
+                    f"{name} call {c} turn {k}: {turn.v2v_ms} ms"
                     f" ({voice}; heard {turn.transcript!r}){' ' + turn.error if turn.error else ''}"
                 )
                 await asyncio.sleep(0.4)
@@ -66,6 +73,7 @@ async def run(
     v2v = [t.v2v_ms for t in turns if t.v2v_ms is not None]
     gaps = [g for t in turns for g in t.underruns]
     return {
+        "caller_voice": lines.kind,
         "turns": [t.to_json() for t in turns],
         "questions": len({t.question for t in turns}),
         "voices": sorted({t.voice for t in turns}),
@@ -75,6 +83,11 @@ async def run(
         "stages": stage_summary(turns),
         "speculative_hits": sum(1 for t in turns if t.server and t.server.get("speculative_hit")),
         "preemptive_replies": sum(1 for t in turns if t.server and t.server.get("preemptive")),
+        "preemptive_dropped": sum(
+            int((t.server.get("usage") or {}).get("preemptive_dropped") or 0)
+            for t in turns
+            if t.server
+        ),
         "unanswered": sum(1 for t in turns if t.v2v_ms is None),
         "reply_audio_s": round(sum(t.reply_audio_s for t in turns), 1),
         "underruns": len(gaps),
