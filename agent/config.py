@@ -184,12 +184,20 @@ class InterruptionConfig(_Section):
     """Barge-in: when the caller's speech stops the agent."""
 
     enabled: bool = True
-    min_speech_ms: int = Field(150, ge=0, le=5000)
-    """Speech held this long while the agent speaks pauses the agent."""
+    min_speech_ms: int = Field(0, ge=0, le=5000)
+    """Speech held this long while the agent speaks pauses the agent (0: the VAD onset does)."""
     min_words: int = Field(1, ge=0, le=20)
     """Words the paused speech must produce to confirm the interruption (0: VAD alone)."""
     false_interruption_timeout_ms: int = Field(1500, ge=100, le=10_000)
     """A paused reply resumes if no words come within this time after the speech stops."""
+    false_pause_hold_ms: int = Field(150, ge=0, le=5000)
+    """After a pause that resumed with no words while the agent was heard (its own echo on a
+    line without echo cancellation, a cough), speech must hold this long to pause it again
+    (never less than ``min_speech_ms``): an echoing line stutters once, not all the reply
+    long (``agent.interruption``)."""
+    false_pause_relax_ms: int = Field(3000, ge=100, le=60_000)
+    """The raised hold returns to ``min_speech_ms`` once the agent was heard this long with
+    the caller quiet (an echo keeps the VAD busy while the agent talks, a cough does not)."""
     filler_words: tuple[str, ...] = (
         "uh",
         "um",
@@ -214,7 +222,12 @@ class InterruptionConfig(_Section):
     def to_settings(self) -> InterruptionSettings:
         """Hot-path settings of the barge-in controller."""
         return InterruptionSettings(
-            self.enabled, self.min_speech_ms, self.min_words, self.false_interruption_timeout_ms
+            enabled=self.enabled,
+            min_speech_ms=self.min_speech_ms,
+            min_words=self.min_words,
+            false_interruption_timeout_ms=self.false_interruption_timeout_ms,
+            false_pause_hold_ms=self.false_pause_hold_ms,
+            false_pause_relax_ms=self.false_pause_relax_ms,
         )
 
 

@@ -25,7 +25,9 @@ order, its audio plays, its tools may run. The request is the same one the
 turn would have made (``matches`` compares the whole request: history, the
 user's words, the tools), so the history is never touched before the
 confirmation. A dropped reply is cancelled unheard: nothing is committed,
-no event of it is sent.
+no event of it is sent. What it used of the providers was spent all the same:
+``Preemption`` keeps it (``agent.usage.DroppedWork``) until the session's
+next reported turn takes it into its usage (``take_dropped``).
 
 Bound: the kept events are at most one model step's deltas and the calls
 it asked for (the tool round waits for the release), so ``max_tokens``
@@ -50,6 +52,7 @@ from agent.events import AgentEvent
 from agent.llm import ChatMessage, ToolSpec
 from agent.reply import Reply, ReplyPlan
 from agent.turnclock import TurnClock
+from agent.usage import DroppedWork
 from media.playout import PlayoutBuffer
 
 MAX_HELD_EVENTS = 4096
@@ -155,6 +158,8 @@ class Preemption:
         self._playout = playout
         self._launch = launch
         self._held: PreemptiveReply | None = None
+        self._dropped = DroppedWork()
+        """What dropped replies used, not yet taken into a reported turn's usage."""
 
     @property
     def pending(self) -> PreemptiveReply | None:
@@ -215,11 +220,23 @@ class Preemption:
         self._held = None
         self._cancel(held)
 
+    def take_dropped(self) -> DroppedWork:
+        """What the replies dropped since the last call used (their work is counted once:
+        the caller adds it to the turn it reports next)."""
+        work, self._dropped = self._dropped, DroppedWork()
+        return work
+
     def _cancel(self, held: PreemptiveReply) -> None:
-        """Stop a held reply unheard: nothing of it is committed or sent."""
+        """Stop a held reply unheard: nothing of it is committed or sent; what it used of
+        the providers is kept for ``take_dropped``."""
         held.drop()
-        if held.reply is not None:
-            handle = held.reply.handle
-            handle.interrupt()
+        reply = held.reply
+        if reply is not None:
+            handle = reply.handle
+            handle.interrupt()  # cancelled: its usage cannot grow after this
             self._playout.clear(handle.id)  # a reply that ended while held may have audio
             self._playout.forget(handle.id)
+            clock = reply.clock
+            self._dropped.add(
+                clock.usage, llm_asked=clock.llm_start is not None, streamed_tokens=clock.llm_tokens
+            )

@@ -17,7 +17,8 @@ It owns its collaborators and wires them together:
 - ``Preemption`` (``agent.preemption``, with ``turn.preemptive_reply``)
   holds the reply started on a pause's speculative transcript while the
   session stays LISTENING, and hands it over when the turn is confirmed
-  with the same request (else it is dropped unheard).
+  with the same request (else it is dropped unheard; what it used of the
+  providers is added to the usage of the next turn the session reports).
 
 The session keeps what is left: the lifecycle, the state machine (one
 transition table, one writer: ``_set_state``), the chat history and the
@@ -142,6 +143,7 @@ class VoiceSession:
             config.interruption.filler_words, enabled=config.interruption.echo_guard == "on"
         )
         self._barge = InterruptionController(config.interruption.to_settings())
+        self._hold_ms = self._barge.hold_ms  # the onset hold last logged
         self._tasks = TaskOwner(f"session {self.id}", self._task_failed)
         vad = models.vad.stream()
 
@@ -546,6 +548,18 @@ class VoiceSession:
             else:
                 self._listener.urgent_partials = False
                 self._interrupt_reply()
+        if self._barge.hold_ms != self._hold_ms:  # a false pause raised it, or it relaxed
+            self._log_hold()
+
+    def _log_hold(self) -> None:
+        """Say when the barge-in onset hold adapts to the line (``agent.interruption``)."""
+        self._hold_ms = self._barge.hold_ms
+        log.info(
+            "session %s: barge-in hold %d ms (false pauses so far: %d)",
+            self.id,
+            self._hold_ms,
+            self._barge.false_pauses,
+        )
 
     def _interrupt_reply(self) -> None:
         """Stop the active reply for good (the caller spoke or typed over it)."""
@@ -619,7 +633,10 @@ class VoiceSession:
         self._start_reply(new_turn_id(), TurnClock.now(), plan, local_voice=True)
 
     def _on_speaking(self, handle: SpeechHandle) -> None:
-        if self._reply is handle and self._state is SessionState.THINKING:
+        if self._reply is not handle:
+            return
+        self._barge.reply_audible()  # its echo may come back from now (the onset hold adapts)
+        if self._state is SessionState.THINKING:
             self._set_state(SessionState.SPEAKING)
 
     def _commit_reply(self, handle: SpeechHandle) -> None:
@@ -639,6 +656,8 @@ class VoiceSession:
             )
         )
         first_audio = self.playout.first_audio_at(handle.id)
+        # held replies dropped since the last reported turn were served all the same
+        reply.clock.usage.add_dropped(self._preemption.take_dropped())
         self._emit(reply.clock.metrics(handle.turn_id, first_audio, handle.interrupted))
         self.playout.forget(handle.id)
         if self._reply is handle:

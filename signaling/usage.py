@@ -64,6 +64,12 @@ class UsageTotals:
     tts_chars: int = 0
     cost_usd: float | None = None
     """Sum of the turns' estimates (None: no turn had one)."""
+    preemptive_dropped: int = 0
+    """Preemptive replies dropped unheard (the caller went on). Their work is part of
+    the sums above; the ``dropped_*`` sums say how much of them it is."""
+    dropped_prompt_tokens: int = 0
+    dropped_completion_tokens: int = 0
+    dropped_tts_chars: int = 0
     providers: dict[Stage, dict[str, ProviderTotals]] = field(
         default_factory=lambda: {stage: {} for stage in STAGES}
     )
@@ -84,6 +90,10 @@ class UsageTotals:
         if cost is not None:
             self.priced_turns += 1
             self.cost_usd = (self.cost_usd or 0.0) + cost
+        self.preemptive_dropped += _count(usage.get("preemptive_dropped"))
+        self.dropped_prompt_tokens += _count(usage.get("dropped_prompt_tokens"))
+        self.dropped_completion_tokens += _count(usage.get("dropped_completion_tokens"))
+        self.dropped_tts_chars += _count(usage.get("dropped_tts_chars"))
         by_stage = usage.get("cost_by_stage")
         stage_costs = by_stage if isinstance(by_stage, Mapping) else {}
         for use in stage_uses(usage):
@@ -107,11 +117,22 @@ class UsageTotals:
             "stt_audio_s": round(self.stt_audio_s, 3),
             "tts_chars": self.tts_chars,
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, _COST_DIGITS),
+            "preemptive_dropped": self.preemptive_dropped,
+            "dropped_prompt_tokens": self.dropped_prompt_tokens,
+            "dropped_completion_tokens": self.dropped_completion_tokens,
+            "dropped_tts_chars": self.dropped_tts_chars,
             "providers": {
                 stage: {name: t.to_dict() for name, t in sorted(by_provider.items())}
                 for stage, by_provider in self.providers.items()
             },
         }
+
+
+def _count(value: Any) -> int:
+    """A stored count (0 when absent, malformed or negative: turns stored before it existed)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return max(0, value)
 
 
 def _cost(value: Any) -> float | None:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import math
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from agent.config import AgentConfig
-from agent.events import AgentEvent, InterruptionEvent, ReplyEvent, TranscriptEvent
+from agent.events import AgentEvent, InterruptionEvent, ReplyEvent, TranscriptEvent, VadEvent
 from agent.runtime import AgentModels
 from agent.session import VoiceSession
 from media.echo import (
@@ -404,14 +404,40 @@ async def test_bridge_cancels_echo_for_transports_that_ask(
 
 
 class Recorder:
+    """The session's events, each stamped with the lock-step frame it came in (``tick``)."""
+
     def __init__(self) -> None:
         self.events: list[AgentEvent] = []
+        self.frames: list[int] = []
+        self.frame = 0
 
     def __call__(self, event: AgentEvent) -> None:
         self.events.append(event)
+        self.frames.append(self.frame)
+
+    def tick(self) -> None:
+        """The driver moved on to the next 20 ms frame."""
+        self.frame += 1
 
     def interruptions(self) -> list[str]:
         return [e.phase for e in self.events if isinstance(e, InterruptionEvent)]
+
+    def phase_frames(self, phase: str) -> list[int]:
+        """Frames in which the reply's playout went ``phase`` (paused, resumed, confirmed)."""
+        return [
+            k
+            for e, k in zip(self.events, self.frames, strict=True)
+            if isinstance(e, InterruptionEvent) and e.phase == phase
+        ]
+
+    def onset_pauses(self) -> list[int]:
+        """Frames of pauses that came with a VAD onset (no hold: paused at the onset)."""
+        onsets = {
+            k
+            for e, k in zip(self.events, self.frames, strict=True)
+            if isinstance(e, VadEvent) and e.speaking
+        }
+        return [k for k in self.phase_frames("paused") if k in onsets]
 
     def replies(self) -> list[ReplyEvent]:
         return [e for e in self.events if isinstance(e, ReplyEvent)]
@@ -427,8 +453,10 @@ async def speakerphone_call(
     delay_ms: int,
     caller: PCM | None = None,
     cancel: bool = True,
+    tick: Callable[[], None] | None = None,
 ) -> None:
-    """Drive ``session`` in lock-step with its own output returned as echo (8 kHz wire)."""
+    """Drive ``session`` in lock-step with its own output returned as echo (8 kHz wire);
+    ``tick`` is called after each frame."""
     rate = session.playout.sample_rate
     phone = EchoPath(rate, delay_ms)
     echo = EchoFilter.for_playout(session.playout) if cancel else None
@@ -444,6 +472,8 @@ async def speakerphone_call(
                 session.push_audio(mic)
             await session.wait_settled()
             phone.played(session.playout.pull()[0])
+            if tick is not None:
+                tick()
     finally:
         if echo is not None:
             echo.close()
@@ -468,13 +498,22 @@ async def test_the_agent_does_not_interrupt_itself(
 
 
 @pytest.mark.slow
-async def test_without_aec_the_same_line_interrupts_the_agent(
+async def test_without_aec_the_same_line_interrupts_the_agent_but_does_not_stutter(
     agent_config: AgentConfig, models: AgentModels
 ) -> None:
+    """The echo's VAD onset pauses the agent, which silences the echo: the pause resumes.
+    Pausing at every onset, the greeting would pause and resume about once a second for
+    as long as it lasts (6-16 times in 16 s, with ``interruption.false_pause_hold_ms: 0``);
+    the first false pause raises the onset hold for the call, so it happens once."""
     rec = Recorder()
     async with VoiceSession(_greeting(agent_config), models, output_rate=8000, sinks=[rec]) as s:
-        await speakerphone_call(s, 16.0, delay_ms=80, cancel=False)
+        await speakerphone_call(s, 16.0, delay_ms=80, cancel=False, tick=rec.tick)
     assert "paused" in rec.interruptions()
+    onset_pauses, resumes = rec.onset_pauses(), rec.phase_frames("resumed")
+    # the default pauses at the VAD onset: the echo's first onset did, and resumed ...
+    assert onset_pauses and resumes and onset_pauses[0] < resumes[0]
+    # ... and from then on the echo must hold like speech: no pause at an onset again
+    assert [k for k in onset_pauses if k > resumes[0]] == []
 
 
 @pytest.mark.slow
@@ -484,9 +523,11 @@ async def test_a_real_barge_in_over_the_echo_still_stops_the_agent(
     rec = Recorder()
     caller = compose(3.0, "Stop, I have a question.", 3.0)
     async with VoiceSession(_greeting(agent_config), models, output_rate=8000, sinks=[rec]) as s:
-        await speakerphone_call(s, caller.size / 16000, delay_ms=80, caller=caller)
+        await speakerphone_call(s, caller.size / 16000, delay_ms=80, caller=caller, tick=rec.tick)
         history = s.history.messages()
     assert rec.interruptions()[:2] == ["paused", "confirmed"]
+    # the caller's onset paused the agent at once (no hold: the frame of the VAD onset)
+    assert rec.onset_pauses()[:1] == rec.phase_frames("paused")[:1] != []
     greeting = rec.replies()[0]
     assert greeting.interrupted and GREETING.startswith(greeting.heard_text)
     assert (

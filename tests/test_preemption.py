@@ -13,8 +13,9 @@ token is stream time too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,11 +34,22 @@ from agent.events import (
     ToolResultEvent,
     TranscriptEvent,
 )
-from agent.llm import ToolCallDelta, ToolSpec
+from agent.llm import (
+    LLM,
+    ChatMessage,
+    GenerationSettings,
+    LLMDelta,
+    ToolCallDelta,
+    ToolSpec,
+    UsageDelta,
+)
+from agent.pricing import PriceTable
 from agent.runtime import AgentModels
 from agent.session import VoiceSession
 from agent.tools import Tool, ToolContext, ToolRegistry, ToolResult
 from media.frames import PIPELINE_RATE, FloatPCM
+from signaling.recorder import priced_usage
+from signaling.usage import UsageTotals
 from tests.fakes import FakeSTT, ScriptedLLM, feed
 from tests.speech import compose, speak
 from tests.test_session import speech_seconds, speech_span
@@ -92,7 +104,7 @@ def config_of(agent_config: AgentConfig, *, preemptive: bool) -> AgentConfig:
 def session_of(
     config: AgentConfig,
     models: AgentModels,
-    llm: ScriptedLLM,
+    llm: LLM,
     events: Events,
     tools: ToolRegistry | None = None,
 ) -> VoiceSession:
@@ -277,3 +289,103 @@ async def test_a_held_reply_runs_no_tool_before_its_turn_is_confirmed(
     assert len(results) == 1 and results[0].ok
     replies = events.of(ReplyEvent)
     assert len(replies) == 1 and normalize(replies[0].text) == normalize("Here it is.")
+
+
+HELD_USAGE = UsageDelta("acme", "acme-large", prompt_tokens=120, completion_tokens=6)
+ANSWER_USAGE = UsageDelta("acme", "acme-large", prompt_tokens=140, completion_tokens=7)
+PRICES = PriceTable.parse(
+    {
+        "providers": {
+            "acme": {"llm": {"usd_per_1m_prompt_tokens": 2.0, "usd_per_1m_completion_tokens": 10.0}}
+        }
+    }
+)
+
+
+async def test_a_dropped_reply_is_billed_with_the_turn_that_follows(
+    agent_config: AgentConfig, models: AgentModels
+) -> None:
+    events = Events()
+    llm = ScriptedLLM([[DROPPED, HELD_USAGE], [ANSWER, ANSWER_USAGE]])
+    config = config_of(agent_config, preemptive=True)
+    async with session_of(config, models, llm, events) as session:
+        await feed(session, compose(0.5, FIRST_PART, MID_PAUSE_S))
+        # the held reply's stream ended (its usage reported) and its first words were
+        # sent to synthesis before the caller goes on
+        await wait_for(lambda: llm.completed == 1 and session.playout.buffered_ms > 0)
+        await feed(session, compose("of France?", 1.5))
+        await finish(session)
+    assert len(llm.requests) == 2
+    metrics = events.of(MetricsEvent)
+    assert len(metrics) == 1  # the dropped reply reported no turn of its own
+    usage = metrics[0].usage
+    assert usage["preemptive_dropped"] == 1 and usage["dropped_unreported"] == 0
+    # the turn's tokens are both requests', the dropped one's shown apart
+    assert (usage["dropped_prompt_tokens"], usage["dropped_completion_tokens"]) == (120, 6)
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (260, 13)
+    # the dropped reply's first chunk went to synthesis: its characters count too
+    dropped_chars = usage["dropped_tts_chars"]
+    assert 0 < dropped_chars <= len(DROPPED)
+    assert len(ANSWER) - 2 <= usage["tts_chars"] - dropped_chars <= len(ANSWER)
+    # the cost estimate and the session's sums include it
+    stored = priced_usage(usage, PRICES)
+    assert stored is not None
+    assert stored["cost_by_stage"]["llm"] == pytest.approx((260 * 2.0 + 13 * 10.0) / 1e6)
+    totals = UsageTotals.of([stored]).to_dict()
+    assert totals["prompt_tokens"] == 260 and totals["preemptive_dropped"] == 1
+    assert (totals["dropped_prompt_tokens"], totals["dropped_tts_chars"]) == (120, dropped_chars)
+
+
+class StallingLLM:
+    """A ``ScriptedLLM`` whose first stream stalls after ``pieces`` deltas, as a model
+    still generating would, until its consumer cancels it (before any usage report)."""
+
+    supports_tools = True
+
+    def __init__(self, inner: ScriptedLLM, pieces: int) -> None:
+        self.inner = inner
+        self.model = inner.model
+        self.pieces = pieces
+        self.stalled = asyncio.Event()
+        self._stall_next = True
+
+    async def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        settings: GenerationSettings,
+        tools: Sequence[ToolSpec] = (),
+    ) -> AsyncGenerator[LLMDelta, None]:
+        stall, self._stall_next = self._stall_next, False
+        sent = 0
+        async with contextlib.aclosing(self.inner.stream(messages, settings, tools)) as deltas:
+            async for delta in deltas:
+                if stall and sent == self.pieces:
+                    self.stalled.set()
+                    await asyncio.Event().wait()  # until the held reply is cancelled
+                sent += 1
+                yield delta
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_reply_dropped_mid_stream_counts_the_pieces_it_streamed(
+    agent_config: AgentConfig, models: AgentModels
+) -> None:
+    events = Events()
+    scripted = ScriptedLLM(["Alpha beta gamma delta epsilon zeta", [ANSWER, ANSWER_USAGE]])
+    llm = StallingLLM(scripted, pieces=3)
+    config = config_of(agent_config, preemptive=True)
+    async with session_of(config, models, llm, events) as session:
+        await feed(session, compose(0.5, FIRST_PART, MID_PAUSE_S))
+        await asyncio.wait_for(llm.stalled.wait(), 10.0)
+        await feed(session, compose("of France?", 1.5))
+        await finish(session)
+    assert scripted.cancelled == 1 and scripted.completed == 1
+    usage = events.of(MetricsEvent)[0].usage
+    # cut before its report: three pieces streamed count as completion tokens, the
+    # prompt is unknown, and the reply is flagged as unreported
+    assert usage["preemptive_dropped"] == 1 and usage["dropped_unreported"] == 1
+    assert (usage["dropped_prompt_tokens"], usage["dropped_completion_tokens"]) == (0, 3)
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (140, 10)
+    assert usage["llm_provider"] == "acme"

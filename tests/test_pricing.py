@@ -9,7 +9,7 @@ import pytest
 
 from agent.errors import ConfigError
 from agent.pricing import DEFAULT_PRICES_PATH, PriceTable, PriceTableError, StageUse
-from agent.usage import TurnUsage
+from agent.usage import DroppedWork, TurnUsage
 from signaling.recorder import priced_usage
 
 TABLE = PriceTable.parse(
@@ -228,3 +228,24 @@ def test_an_unpriced_provider_is_logged_once(caplog: pytest.LogCaptureFixture) -
     assert warnings == [
         "no price for llm provider 'unlisted-llm' (model 'm-7'): left out of cost estimates"
     ]
+
+
+def test_dropped_preemptive_work_is_priced_with_the_turn() -> None:
+    held = TurnUsage(llm_provider="acme", prompt_tokens=1_000, completion_tokens=100)
+    held.tts_provider, held.tts_chars = "acme", 40
+    work = DroppedWork()
+    work.add(held, llm_asked=True, streamed_tokens=100)
+    work.add(TurnUsage(), llm_asked=True, streamed_tokens=5)  # cut before its report
+    # the turn that follows ran no LLM (a canned apology in the local voice): the
+    # dropped replies' tokens keep their provider's price
+    turn = TurnUsage(tts_provider="local", tts_chars=30)
+    turn.add_dropped(work)
+    assert (turn.preemptive_dropped, turn.dropped_unreported) == (2, 1)
+    assert (turn.prompt_tokens, turn.completion_tokens, turn.tts_chars) == (1_000, 105, 70)
+    assert (turn.dropped_completion_tokens, turn.dropped_tts_chars) == (105, 40)
+    assert turn.llm_provider == "acme" and turn.tts_provider == "local"
+    assert TABLE.cost_by_stage(turn) == pytest.approx({"llm": 0.001 + 0.00021, "tts": 0.0})
+    # nothing dropped: nothing changes
+    plain = TurnUsage(llm_provider="local", prompt_tokens=7)
+    plain.add_dropped(DroppedWork())
+    assert plain == TurnUsage(llm_provider="local", prompt_tokens=7)

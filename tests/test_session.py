@@ -184,7 +184,7 @@ async def test_false_interruption_resumes_reply(
     replies = [e for e in rec.of(ReplyEvent) if isinstance(e, ReplyEvent)]
     assert len(replies) == 1 and not replies[0].interrupted
     assert history[-1].content == GREETING
-    # the murmur (~0.4 s) is longer than interruption.min_speech_ms: it paused the agent,
+    # the murmur (~0.4 s) paused the agent at its VAD onset (interruption.min_speech_ms 0),
     # and since it held no words the reply resumed where it paused
     assert phases == ["paused", "resumed"]
     # the whole greeting was played: as much loud audio as the greeting itself has
