@@ -50,6 +50,11 @@ fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 rm -f "$stamp"
 pip=("$venv/bin/python" -m pip install --quiet --require-hashes)
+# A portable llama.cpp build, as scripts/setup.sh's (a native one can crash on hosts that
+# advertise AMX or AVX-512 without enabling it); CMAKE_ARGS from the caller wins.
+if [ "$(uname -m)" = "x86_64" ]; then
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+fi
 # The installer the repository pins, then everything else, hash-checked.
 "${pip[@]}" -r requirements/tools.lock
 echo "install: pipecat-ai and the models into $venv" >&2
