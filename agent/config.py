@@ -7,7 +7,7 @@ dataclasses (``TurnSettings``, ``GateSettings``, ...) from ``to_*`` methods.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -110,11 +110,16 @@ class VADConfig(_Section):
         )
 
 
-class SmartTurnConfig(_Section):
-    """The Smart Turn end-of-turn model and what its score does (``agent.endofturn``)."""
+TEXT_CHECK_AFTER_MS = 300
+TEXT_COMPLETE_THRESHOLD = 0.35
+TEXT_INCOMPLETE_THRESHOLD = 0.01
+TEXT_INCOMPLETE_SILENCE_MS = 1200
+"""The text end-of-turn model's defaults, tuned on human speech (``bench/end_of_turn.py``)."""
 
-    model_path: Path | None = None
-    """An ONNX file; default: smart-turn-v3.2-cpu.onnx inside the pipecat-ai wheel."""
+
+class _EndOfTurnCheckConfig(_Section):
+    """When an end-of-turn model is asked during a pause, and what its score does."""
+
     check_after_ms: int = Field(200, ge=0, le=5000)
     """Silence after speech at which the model is asked (once per pause)."""
     complete_threshold: float = Field(0.99, ge=0.0, le=1.0)
@@ -124,7 +129,7 @@ class SmartTurnConfig(_Section):
     incomplete_silence_ms: int = Field(1200, ge=100, le=10_000)
 
     @model_validator(mode="after")
-    def _ordered(self) -> SmartTurnConfig:
+    def _ordered(self) -> Self:
         if self.incomplete_threshold > self.complete_threshold:
             raise ValueError("incomplete_threshold must not exceed complete_threshold")
         return self
@@ -137,6 +142,27 @@ class SmartTurnConfig(_Section):
             self.incomplete_threshold,
             self.incomplete_silence_ms,
         )
+
+
+class SmartTurnConfig(_EndOfTurnCheckConfig):
+    """The Smart Turn end-of-turn model and what its score does (``agent.endofturn``)."""
+
+    model_path: Path | None = None
+    """An ONNX file; default: smart-turn-v3.2-cpu.onnx inside the pipecat-ai wheel."""
+
+
+class TextTurnConfig(_EndOfTurnCheckConfig):
+    """The text end-of-turn model (``agent.textturn``): a chat model reads the pause's
+    speculative transcript. Thresholds tuned by ``bench/end_of_turn.py --model text``."""
+
+    model_path: Path | None = None
+    """A ChatML GGUF; default: SmolLM2-135M-Instruct (the default LLM's file)."""
+    check_after_ms: int = Field(TEXT_CHECK_AFTER_MS, ge=0, le=5000)
+    complete_threshold: float = Field(TEXT_COMPLETE_THRESHOLD, ge=0.0, le=1.0)
+    incomplete_threshold: float = Field(TEXT_INCOMPLETE_THRESHOLD, ge=0.0, le=1.0)
+    incomplete_silence_ms: int = Field(TEXT_INCOMPLETE_SILENCE_MS, ge=100, le=10_000)
+    context_chars: int = Field(200, ge=0, le=2000)
+    """The agent's last words the model reads before the caller's (0: none)."""
 
 
 class TurnConfig(_Section):
@@ -152,31 +178,50 @@ class TurnConfig(_Section):
     """Start the reply on the speculative transcript while the end of turn is pending,
     its audio and events held until the turn is confirmed (``agent.preemption``);
     needs ``speculative_stt``."""
-    end_of_turn_model: Literal["smart_turn", "none"] = "none"
-    """``smart_turn``: the model ends finished turns early and stretches the wait
-    after unfinished ones; ``none``: the silence timer alone."""
+    end_of_turn_model: Literal["text", "smart_turn", "none"] = "text"
+    """A model that ends finished turns early and stretches the wait after unfinished
+    ones: ``text`` reads the pause's speculative transcript (``agent.textturn``; needs
+    ``speculative_stt``), ``smart_turn`` hears its audio (``agent.endofturn``);
+    ``none``: the silence timer alone."""
     smart_turn: SmartTurnConfig = SmartTurnConfig()
+    text_turn: TextTurnConfig = TextTurnConfig()
+
+    @property
+    def end_of_turn_check(self) -> _EndOfTurnCheckConfig | None:
+        """The settings of the configured end-of-turn model (None: the timer alone)."""
+        if self.end_of_turn_model == "smart_turn":
+            return self.smart_turn
+        if self.end_of_turn_model == "text":
+            return self.text_turn
+        return None
 
     @model_validator(mode="after")
     def _check_fits_timer(self) -> TurnConfig:
-        if self.end_of_turn_model == "none":
+        check = self.end_of_turn_check
+        if check is None:
             return self
-        if self.smart_turn.check_after_ms >= self.end_of_turn_silence_ms:
-            raise ValueError("smart_turn.check_after_ms must be below end_of_turn_silence_ms")
-        if self.smart_turn.incomplete_silence_ms < self.end_of_turn_silence_ms:
-            raise ValueError("smart_turn.incomplete_silence_ms must be >= end_of_turn_silence_ms")
+        name = "text_turn" if self.end_of_turn_model == "text" else "smart_turn"
+        if check.check_after_ms >= self.end_of_turn_silence_ms:
+            raise ValueError(f"{name}.check_after_ms must be below end_of_turn_silence_ms")
+        if check.incomplete_silence_ms < self.end_of_turn_silence_ms:
+            raise ValueError(f"{name}.incomplete_silence_ms must be >= end_of_turn_silence_ms")
+        if self.end_of_turn_model == "text" and not self.speculative_stt:
+            raise ValueError(
+                "end_of_turn_model: text reads the speculative transcript: "
+                "it needs speculative_stt: true"
+            )
         return self
 
     def to_settings(self, *, model: bool = True) -> TurnSettings:
         """Hot-path settings; ``model=False`` leaves out the end-of-turn check."""
-        use_model = model and self.end_of_turn_model != "none"
+        check = self.end_of_turn_check if model else None
         return TurnSettings(
             self.min_speech_ms,
             self.end_of_turn_silence_ms,
             self.max_utterance_s,
             self.preroll_ms,
             self.tail_ms,
-            self.smart_turn.to_check() if use_model else None,
+            check.to_check() if check is not None else None,
         )
 
 

@@ -1,6 +1,6 @@
 """The end-of-turn model: does the caller's audio so far sound like a finished turn?
 
-``EndOfTurnModel`` is the protocol: ``score(audio)`` takes the current
+``EndOfTurnModel`` is the protocol of a model that hears: ``score(audio)`` takes the current
 utterance (16 kHz float audio, its trailing silence included: the model
 weighs how long the caller has been quiet) and returns the probability
 that the caller is done. It is blocking and stateless, so one instance is
@@ -9,6 +9,9 @@ shared by every call of the process and runs on an inference thread.
 ``SmartTurn`` is Smart Turn v3.2 (Pipecat's 8M-parameter Whisper-encoder
 classifier, BSD-2), the ONNX file that ships inside the ``pipecat-ai`` wheel,
 run through onnxruntime on one thread over ``agent.logmel`` features.
+
+``TextEndOfTurnModel`` is the protocol of a model that reads the caller's
+words instead (the pause's speculative transcript): ``agent.textturn``.
 
 The turn detector (``agent.turns``) decides what a score means; the
 listener runs the model off the event loop.
@@ -39,6 +42,16 @@ class EndOfTurnModel(Protocol):
 
     def score(self, audio: FloatPCM) -> float:
         """Probability in 0..1 that the caller has finished; blocking (run it on a thread)."""
+        ...
+
+
+@runtime_checkable
+class TextEndOfTurnModel(Protocol):
+    """Reads whether the caller's words so far are a finished turn (``agent.textturn``)."""
+
+    def score_text(self, words: str, agent_said: str = "") -> float:
+        """Probability in 0..1 that ``words`` end the caller's message, after the agent
+        said ``agent_said``; blocking (run it on a thread)."""
         ...
 
 

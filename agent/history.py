@@ -188,6 +188,13 @@ class ChatHistory:
         """The stored messages, oldest first (no system prompt; open slots send nothing)."""
         return list(self._stored())
 
+    def last_said(self) -> str:
+        """The agent's last words in the history (what the caller heard of them), or ""."""
+        for message in reversed(self._messages):
+            if isinstance(message, ChatMessage) and message.role == "assistant" and message.content:
+                return message.content
+        return ""
+
     def _index(self, slot: HistorySlot) -> int:
         """Where an open slot stands (open slots are always held)."""
         return next(i for i, entry in enumerate(self._messages) if entry is slot)

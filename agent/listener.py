@@ -11,7 +11,8 @@ at a time, the speculative final STT started when the caller pauses (its
 transcript is offered to the session while the turn is still pending, for a
 preemptive reply: ``Hearing.speculative_transcript``), at most
 one end-of-turn model inference (asked by the turn detector during a pause,
-cancelled when the caller speaks again; its score goes back to the detector
+cancelled when the caller speaks again; a model that reads text first waits
+for that pause's speculative transcript; its score goes back to the detector
 with the stream time it was asked for, so a late answer is recognised as
 stale), and the finalisation of each ended turn. Final transcriptions are asked with
 priority over partials (the STT provider orders its queue by it), and
@@ -106,6 +107,19 @@ class Hearing(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class EndOfTurnScorer:
+    """How the listener asks the end-of-turn model (the session builds it)."""
+
+    score: Callable[[FloatPCM, str], Awaitable[float]]
+    """``(audio, words) -> probability that the caller is done``, off the event loop:
+    the utterance audio with its silence so far, and the words before the pause
+    (the speculative transcript, for a model that reads text; "" otherwise)."""
+    reads_text: bool = False
+    """The model reads the pause's speculative transcript: it is asked once that
+    transcript is ready (no words: not asked, the timer decides)."""
+
+
 @dataclass(slots=True)
 class _Speculation:
     speech_end: float
@@ -129,17 +143,17 @@ class Listener:
         hearing: Hearing,
         new_turn_id: Callable[[], str],
         on_failure: FailureHandler | None = None,
-        score_end_of_turn: Callable[[FloatPCM], Awaitable[float]] | None = None,
+        end_of_turn: EndOfTurnScorer | None = None,
     ) -> None:
-        """``score_end_of_turn`` runs the end-of-turn model off the event loop (None,
+        """``end_of_turn`` runs the end-of-turn model off the event loop (None,
         or ``turn.end_of_turn_model: none``: turns end on the silence timer alone)."""
         self._config = config
         self._stt = stt
         self._run_vad = run_vad
-        self._score_end_of_turn = score_end_of_turn
+        self._end_of_turn = end_of_turn
         self._hearing = hearing
         self._new_turn_id = new_turn_id
-        turn = config.turn.to_settings(model=score_end_of_turn is not None)
+        turn = config.turn.to_settings(model=end_of_turn is not None)
         self._detector = TurnDetector(turn, config.vad.to_settings())
         self._inbound: asyncio.Queue[_Inbound] = asyncio.Queue(INPUT_QUEUE_FRAMES)
         self._pending = np.zeros(0, np.float32)
@@ -269,8 +283,10 @@ class Listener:
         elif kind is TurnEventKind.END_OF_TURN_CHECK:
             self._drop_scoring()
             audio = det.utterance_audio()  # the silence so far included: the model weighs it
+            spec = self._speculation
+            words = spec.task if spec is not None and spec.speech_end == event.speech_end else None
             self._scoring = self._tasks.spawn(
-                self._score_turn(audio, asked_at=event.time), "end-of-turn"
+                self._score_turn(audio, words, asked_at=event.time), "end-of-turn"
             )
         elif kind is TurnEventKind.SPEECH_RESUMED:
             self._drop_speculation()
@@ -313,15 +329,31 @@ class Listener:
 
     # ------------------------------------------------------------ end-of-turn model
 
-    async def _score_turn(self, audio: FloatPCM, *, asked_at: float) -> None:
+    async def _score_turn(
+        self,
+        audio: FloatPCM,
+        words: asyncio.Task[Transcript | ProviderError] | None,
+        *,
+        asked_at: float,
+    ) -> None:
         """Run the end-of-turn model and hand its score to the detector.
 
-        A failed inference leaves the decision to the silence timer (the call
-        goes on as without the model); the detector ignores a stale answer.
+        A model that reads text waits for the pause's speculative transcript
+        (``words``; shielded: the turn's final may still need it when this
+        check is cancelled). No transcript, a failed one or one without words,
+        and a failed inference, leave the decision to the silence timer (the
+        call goes on as without the model); the detector ignores a stale answer.
         """
-        assert self._score_end_of_turn is not None
+        scorer = self._end_of_turn
+        assert scorer is not None
+        text = ""
+        if scorer.reads_text:
+            outcome = await asyncio.shield(words) if words is not None else None
+            if not isinstance(outcome, Transcript) or not outcome.text.strip():
+                return
+            text = outcome.text
         try:
-            score = await self._score_end_of_turn(audio)
+            score = await scorer.score(audio, text)
         except Exception as exc:
             log.warning(
                 "listener: end-of-turn model failed (%s); the timer decides", describe_failure(exc)

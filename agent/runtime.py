@@ -21,12 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agent.config import AgentConfig
-from agent.endofturn import EndOfTurnModel, SmartTurn
+from agent.endofturn import EndOfTurnModel, SmartTurn, TextEndOfTurnModel
 from agent.fallback import FallbackLLM, FallbackStats, FallbackSTT, FallbackTTS, fallback_tts
 from agent.llm import LLM
 from agent.provider_config import LOCAL, CloudCredentials, ProvidersConfig
 from agent.providers.executor import InferenceExecutor
 from agent.stt import STT
+from agent.textturn import TextEndOfTurn
 from agent.tts import TTS
 from agent.vad import VAD, SileroVAD
 
@@ -57,7 +58,7 @@ class AgentModels:
     """Each stage's provider chain, e.g. ``{"llm": "groq,local"}`` (recorded with turns)."""
     fallback_stats: FallbackStats | None = None
     """Counters of the fallback wrappers (None: every stage is local only)."""
-    end_of_turn: EndOfTurnModel | None = None
+    end_of_turn: EndOfTurnModel | TextEndOfTurnModel | None = None
     """The end-of-turn model (None: turns end on the silence timer alone)."""
     end_of_turn_executor: InferenceExecutor | None = None
     """Its worker thread (made with the model): an inference never delays VAD windows."""
@@ -65,6 +66,14 @@ class AgentModels:
     def __post_init__(self) -> None:
         if self.end_of_turn is not None and self.end_of_turn_executor is None:
             self.end_of_turn_executor = InferenceExecutor("end-of-turn", workers=1)
+
+    def _close_end_of_turn(self) -> None:
+        """Stop the end-of-turn thread; a model with ``close()`` is freed on it, after
+        the inference under way (never waited for)."""
+        if self.end_of_turn_executor is None:
+            return
+        close = getattr(self.end_of_turn, "close", None)
+        self.end_of_turn_executor.shutdown(finalizer=close if callable(close) else None)
 
     @property
     def apology_voice(self) -> TTS:
@@ -94,10 +103,15 @@ class AgentModels:
         t0 = time.perf_counter()
         vad = SileroVAD()
         timed("vad", t0)
-        end_of_turn: EndOfTurnModel | None = None
+        end_of_turn: EndOfTurnModel | TextEndOfTurnModel | None = None
         if config.turn.end_of_turn_model == "smart_turn":
             t0 = time.perf_counter()
             end_of_turn = SmartTurn(config.turn.smart_turn.model_path)
+            timed("end_of_turn", t0)
+        elif config.turn.end_of_turn_model == "text":
+            t0 = time.perf_counter()
+            text_turn = config.turn.text_turn
+            end_of_turn = TextEndOfTurn(text_turn.model_path, context_chars=text_turn.context_chars)
             timed("end_of_turn", t0)
         t0 = time.perf_counter()
         local_stt = _local_stt(config) if LOCAL in stt_chain else None
@@ -186,8 +200,7 @@ class AgentModels:
         failure is raised after all were tried.
         """
         self.vad_executor.shutdown()
-        if self.end_of_turn_executor is not None:
-            self.end_of_turn_executor.shutdown()
+        self._close_end_of_turn()
         closing = [self.stt.aclose(), self.llm.aclose(), self.tts.aclose()]
         if self.voice is not None:
             closing.append(self.voice.aclose())
@@ -207,8 +220,7 @@ class AgentModels:
         from a running loop when cloud providers are configured.
         """
         self.vad_executor.shutdown()
-        if self.end_of_turn_executor is not None:
-            self.end_of_turn_executor.shutdown()
+        self._close_end_of_turn()
         models: list[STT | LLM | TTS] = [self.stt, self.llm, self.tts]
         if self.voice is not None:
             models.append(self.voice)

@@ -37,11 +37,12 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from agent.config import AgentConfig
 from agent.echo_guard import EchoGuard, HeardWords
+from agent.endofturn import TextEndOfTurnModel
 from agent.errors import AgentError, ProviderError, SessionClosedError
 from agent.events import (
     AgentEvent,
@@ -59,7 +60,7 @@ from agent.fallback import AllProvidersFailedError
 from agent.history import ChatHistory
 from agent.interruption import BargeInAction, InterruptionController
 from agent.keypad import KeypadTurns, check_digit
-from agent.listener import Listener, UserTurn
+from agent.listener import EndOfTurnScorer, Listener, UserTurn
 from agent.llm import ChatMessage
 from agent.preemption import Preemption, PreemptiveReply
 from agent.replies import Replies
@@ -151,15 +152,6 @@ class VoiceSession:
             probs: Sequence[float] = await models.vad_executor.run(vad.process, windows)
             return probs
 
-        score_end_of_turn: Callable[[FloatPCM], Awaitable[float]] | None = None
-        end_of_turn, end_of_turn_executor = models.end_of_turn, models.end_of_turn_executor
-        if end_of_turn is not None and end_of_turn_executor is not None:
-
-            async def score_turn(audio: FloatPCM) -> float:
-                return await end_of_turn_executor.run(end_of_turn.score, audio)
-
-            score_end_of_turn = score_turn
-
         self._listener = Listener(
             config,
             models.stt,
@@ -167,7 +159,7 @@ class VoiceSession:
             self,
             new_turn_id,
             on_failure=self._task_failed,
-            score_end_of_turn=score_end_of_turn,
+            end_of_turn=self._end_of_turn_scorer(models),
         )
         self._state = SessionState.LISTENING
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue(EVENT_QUEUE_SIZE)
@@ -198,6 +190,26 @@ class VoiceSession:
         self.failure: str | None = None
         """Why the session closed itself (a fatal task failure), if it did."""
         self._started = False
+
+    def _end_of_turn_scorer(self, models: AgentModels) -> EndOfTurnScorer | None:
+        """How the listener asks the end-of-turn model, on its inference thread (a text
+        model reads the caller's words after what the agent last said)."""
+        model, executor = models.end_of_turn, models.end_of_turn_executor
+        if model is None or executor is None:
+            return None
+        if isinstance(model, TextEndOfTurnModel):
+            text_model = model
+
+            async def read(audio: FloatPCM, words: str) -> float:
+                return await executor.run(text_model.score_text, words, self.history.last_said())
+
+            return EndOfTurnScorer(read, reads_text=True)
+        audio_model = model
+
+        async def hear(audio: FloatPCM, words: str) -> float:
+            return await executor.run(audio_model.score, audio)
+
+        return EndOfTurnScorer(hear)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from agent.config import AgentConfig
+from agent.endofturn import EndOfTurnModel, TextEndOfTurnModel
 from agent.llm import ChatMessage, GenerationSettings
 from agent.provider_config import LOCAL
 from agent.runtime import AgentModels
@@ -47,7 +48,8 @@ LLM_TOKENS = 4
 
 
 async def warm_up(models: AgentModels, config: AgentConfig) -> dict[str, float]:
-    """Run the local TTS, VAD, STT and LLM once each; returns seconds per stage.
+    """Run the local TTS, VAD, STT, LLM and end-of-turn model once each; returns seconds
+    per stage.
 
     A stage that fails is logged and skipped (the server still starts: the first
     call pays the cost instead).
@@ -96,10 +98,21 @@ async def warm_up(models: AgentModels, config: AgentConfig) -> dict[str, float]:
                 generated += 1  # the tokens themselves are not needed: the evaluated prompt is
         log.debug("warm-up: the LLM generated %d pieces", generated)
 
+    async def end_of_turn() -> None:
+        model, executor = models.end_of_turn, models.end_of_turn_executor
+        if executor is None:
+            return
+        if isinstance(model, TextEndOfTurnModel):
+            await executor.run(model.score_text, "what time do you open", "Hello!")
+        elif isinstance(model, EndOfTurnModel):
+            await executor.run(model.score, speech)
+
     await step("tts", tts)
     await step("vad", vad)
     if models.chains.get("stt", LOCAL) == LOCAL:
         await step("stt", stt)
     if models.chains.get("llm", LOCAL) == LOCAL:
         await step("llm", llm)
+    if models.end_of_turn is not None:
+        await step("end_of_turn", end_of_turn)
     return timings

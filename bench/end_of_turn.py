@@ -1,9 +1,14 @@
-"""Semantic end of turn: tune Smart Turn's thresholds on human speech, report on held-out speech.
+"""Semantic end of turn: tune an end-of-turn model's thresholds, report on held-out speech.
 
 ::
 
-    .venv/bin/python -m bench.end_of_turn [--after-ms 200] [--incomplete-silence-ms 1200]
-        [--json bench/results/end_of_turn.json]
+    .venv/bin/python -m bench.end_of_turn [--model smart_turn|text] [--after-ms 200]
+        [--incomplete-silence-ms 1200] [--json bench/results/end_of_turn.json]
+
+Models: ``smart_turn`` hears the audio (Smart Turn v3.2, ``agent.endofturn``);
+``text`` reads the pause's transcript (``agent.textturn``: the project's
+Whisper transcribes the utterance up to the pause, as the listener's
+speculative final does, and the chat model scores the words).
 
 Speech: Debian's Asterisk prompts (one human speaker, 8 kHz telephone audio;
 ``scripts/install_test_audio.sh``) whose transcript ends a sentence (``.``,
@@ -12,14 +17,26 @@ word before it does not end a sentence of the transcript: Whisper's word
 timestamps, aligned to the transcript's words, say which word that is. The
 clips are split in two by a hash of their name: thresholds are tuned on one
 half and reported on the other. Piper's voice speaking the wire benchmark's questions, whole and
-cut in two by a 300-600 ms pause, is a second held-out set.
+cut in two by a 300-600 ms pause, is a second held-out set. Conversational
+turns (``bench.turn_phrases``: requests, and answers to what the agent
+asked, cut where people pause to think), spoken by Piper whole and with a
+300-600 ms pause, make two more sets, a tuning half and a held-out half (and
+the same lines with a 0.8-1 s thinking pause, which the 700 ms timer alone
+always cuts, two more: ``long_pause_*``, tuned with the first half): the
+Asterisk prompts are menu announcements, whose internal pauses mostly fall
+after complete phrases ("press 1 for sales,"), which no reader of words can
+tell from an end.
+
+Thresholds are tuned on the human tuning half for ``smart_turn`` and on the
+conversational tuning half for ``text`` (``--tune-on`` chooses).
 
 Every figure comes from the project's own parts: Silero VAD windows, the
 real ``TurnDetector`` and the real ``SmartTurn`` model. Each clip (with 0.3 s
 of silence before and 2 s after) runs through the detector; when it asks the
-model, the score is computed on the detector's utterance audio and handed
-back after the measured inference time (rounded up to VAD windows), as the
-listener does in a live call. Printed:
+model, the score is computed on the detector's utterance audio (or its
+transcript) and handed back after the measured inference time (rounded up
+to VAD windows; for ``text``, plus what is left of the transcription when
+the check comes), as the listener does in a live call. Printed:
 
 * AUC of the model's score: "not done" = the check inside a VAD pause of
   300-600 ms, "done" = the check after the clip's last word;
@@ -38,6 +55,7 @@ the lowest mean delay.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import difflib
 import hashlib
@@ -47,7 +65,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,9 +74,10 @@ import numpy as np
 
 from agent.config import AgentConfig
 from agent.endofturn import SmartTurn
+from agent.textturn import TextEndOfTurn
 from agent.turns import EndOfTurnCheck, TurnDetector, TurnEvent, TurnEventKind, TurnSettings
 from agent.vad import WINDOW_S, WINDOW_SAMPLES, GateSettings, SileroVAD
-from bench import human_speech
+from bench import human_speech, turn_phrases
 from media.frames import PCM, PIPELINE_RATE, FloatPCM
 
 LEAD_S = 0.3
@@ -71,6 +90,10 @@ TRADE_OFF = (0.9, 0.95, 0.97, 0.98)
 """Complete thresholds whose held-out cost is printed besides the chosen one."""
 COMPLETE_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 INCOMPLETE_GRID = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+TEXT_COMPLETE_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.7)
+TEXT_INCOMPLETE_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.02, 0.03)
+TEXT_TRADE_OFF = (0.1, 0.2, 0.3, 0.4)
+"""The text model's scores are a next-token probability: small, spread over decades."""
 
 _SENTENCE_MARK = re.compile(r"[.?!]")
 _MARKUP = re.compile(r"[\[\]<>(){}]")
@@ -143,6 +166,8 @@ class Case:
     """Model scores at the checks inside 300-600 ms pauses."""
     done: float | None = None
     """Model score at the check after the last word."""
+    agent_said: str = ""
+    """What the agent said before this turn (the context a text model reads)."""
 
 
 def make_case(name: str, pcm: PCM, vad: SileroVAD) -> Case:
@@ -159,30 +184,90 @@ def make_case(name: str, pcm: PCM, vad: SileroVAD) -> Case:
     return Case(name, audio, vad.stream().process(audio))
 
 
-class Scorer:
-    """The model with a cache: a check is scored once however many settings replay it."""
+class Scorer(abc.ABC):
+    """A model with a cache: a check is scored once however many settings replay it."""
 
-    def __init__(self, model: SmartTurn) -> None:
-        self.model = model
+    def __init__(self) -> None:
         self._cache: dict[tuple[str, float, float], float] = {}
 
-    def __call__(self, case: Case, event: TurnEvent, audio: FloatPCM) -> float:
+    def __call__(self, case: Case, event: TurnEvent, det: TurnDetector) -> float:
         key = (case.name, round(event.speech_start, 4), round(event.time, 4))
         score = self._cache.get(key)
         if score is None:
-            score = self.model.score(audio)
+            score = self.score(case, det)
             self._cache[key] = score
         return score
 
+    @abc.abstractmethod
+    def score(self, case: Case, det: TurnDetector) -> float:
+        """The model's score of ``det``'s utterance at a check (blocking)."""
+
+    @abc.abstractmethod
+    def score_audio(self, case: Case, audio: FloatPCM) -> float:
+        """The model's score of ``audio`` (speech, then the silence so far)."""
+
+    @abc.abstractmethod
     def cost_ms(self, audio: FloatPCM, runs: int = 30) -> list[float]:
-        """Wall time of ``runs`` inferences (features + ONNX), after one warm-up."""
-        self.model.score(audio)
-        out = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            self.model.score(audio)
-            out.append((time.perf_counter() - t0) * 1000)
-        return out
+        """Wall time of ``runs`` inferences on ``audio``, after one warm-up."""
+
+
+def _timed(work: Callable[[], object], runs: int) -> list[float]:
+    work()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        work()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+class AudioScorer(Scorer):
+    """Smart Turn: hears the utterance with its silence so far."""
+
+    def __init__(self, model: SmartTurn) -> None:
+        super().__init__()
+        self.model = model
+
+    def score(self, case: Case, det: TurnDetector) -> float:
+        return self.model.score(det.utterance_audio())
+
+    def score_audio(self, case: Case, audio: FloatPCM) -> float:
+        return self.model.score(audio)
+
+    def cost_ms(self, audio: FloatPCM, runs: int = 30) -> list[float]:
+        """Features + ONNX, one thread."""
+        return _timed(lambda: self.model.score(audio), runs)
+
+
+class TextScorer(Scorer):
+    """The text model: Whisper transcribes the utterance up to the pause, the chat
+    model reads the words after what the agent said."""
+
+    def __init__(self, model: TextEndOfTurn) -> None:
+        from agent.providers.whisper import WhisperSTT
+
+        super().__init__()
+        self.model = model
+        self.stt = WhisperSTT()
+        self.stt_ms: list[float] = []
+
+    def _words(self, audio: FloatPCM) -> str:
+        t0 = time.perf_counter()
+        words = self.stt.transcribe_blocking(audio).text
+        self.stt_ms.append((time.perf_counter() - t0) * 1000)
+        return words
+
+    def score(self, case: Case, det: TurnDetector) -> float:
+        words = self._words(det.utterance_audio(until_speech_end=True))
+        return self.model.score_text(words, case.agent_said)
+
+    def score_audio(self, case: Case, audio: FloatPCM) -> float:
+        return self.model.score_text(self._words(audio), case.agent_said)
+
+    def cost_ms(self, audio: FloatPCM, runs: int = 30) -> list[float]:
+        """The chat model on a transcript (the transcription is timed apart)."""
+        words = self.stt.transcribe_blocking(audio).text or "what is the capital of france"
+        return _timed(lambda: self.model.score_text(words, "How can I help you?"), runs)
 
 
 def replay(
@@ -204,7 +289,7 @@ def replay(
         for event in det.process(window, prob):
             events.append(event)
             if event.kind is TurnEventKind.END_OF_TURN_CHECK:
-                score = scorer(case, event, det.utterance_audio())
+                score = scorer(case, event, det)
                 pending = (i + 1 + latency_windows, event.time, score)
             elif event.kind in (TurnEventKind.SPEECH_RESUMED, TurnEventKind.TURN_ENDED):
                 pending = None  # the listener cancels the inference
@@ -236,7 +321,7 @@ def record(case: Case, after_ms: int, gate: GateSettings, scorer: Scorer) -> Non
                         case.not_done.append(score)
             elif event.kind is TurnEventKind.END_OF_TURN_CHECK:
                 assert event.speech_end is not None
-                checks.append((event.speech_end, scorer(case, event, det.utterance_audio())))
+                checks.append((event.speech_end, scorer(case, event, det)))
     if paused_at is not None:
         case.true_end = paused_at
         last = [score for speech_end, score in checks if speech_end == paused_at]
@@ -254,7 +339,7 @@ def arbitrary_cuts(cases: Iterable[Case], after_ms: int, scorer: Scorer) -> list
         fraction = 0.4 + 0.3 * hashlib.sha1(case.name.encode()).digest()[0] / 255
         cut = lead + round((end - lead) * fraction)
         silence = np.zeros(round(after_ms / 1000 * PIPELINE_RATE), np.float32)
-        scores.append(scorer.model.score(np.concatenate([case.audio[:cut], silence])))
+        scores.append(scorer.score_audio(case, np.concatenate([case.audio[:cut], silence])))
     return scores
 
 
@@ -322,11 +407,12 @@ def tune(
     latency_windows: int,
     after_ms: int,
     incomplete_silence_ms: int,
+    grids: tuple[Sequence[float], Sequence[float]] = (COMPLETE_GRID, INCOMPLETE_GRID),
 ) -> tuple[EndOfTurnCheck, Outcome]:
     """The thresholds with the fewest early cut-offs, then the lowest mean delay."""
     best: tuple[tuple[int, float], EndOfTurnCheck, Outcome] | None = None
-    for high in COMPLETE_GRID:
-        for low in INCOMPLETE_GRID:
+    for high in grids[0]:
+        for low in grids[1]:
             if low > high:
                 continue
             check = EndOfTurnCheck(after_ms, high, low, incomplete_silence_ms)
@@ -371,9 +457,48 @@ def piper_cases(vad: SileroVAD) -> list[Case]:
     return cases
 
 
+LONG_PAUSE_S = (0.8, 1.0)
+"""Thinking pauses longer than the 700 ms timer (the timer alone cuts every one)."""
+
+
+def conversational_cases(
+    vad: SileroVAD,
+) -> tuple[list[Case], list[Case], list[Case], list[Case]]:
+    """``bench.turn_phrases`` in Piper's voice, each line with a 300-600 ms pause and
+    whole (a tuning half and a held-out half), then each line with a long pause
+    (``LONG_PAUSE_S``, the same halves)."""
+    from bench.wire.scenarios.turns import pauses
+    from bench.wire.speech import PIPER_VOICE, silence, speech
+
+    out: tuple[list[Case], list[Case], list[Case], list[Case]] = ([], [], [], [])
+    for half, lines in enumerate(turn_phrases.split()):
+        for i, ((agent_said, before, after), pause_ms) in enumerate(
+            zip(lines, pauses(len(lines)), strict=True)
+        ):
+            first, second = speech(before, PIPER_VOICE), speech(after, PIPER_VOICE)
+            long_s = LONG_PAUSE_S[i % len(LONG_PAUSE_S)]
+            clips = (
+                (half, f"split:{before} ... {after}", [first, silence(pause_ms / 1000), second]),
+                (half, f"whole:{before} {after}", [speech(f"{before} {after}", PIPER_VOICE)]),
+                (2 + half, f"long:{before} ... {after}", [first, silence(long_s), second]),
+            )
+            for index, name, parts in clips:
+                case = make_case(name, np.concatenate(parts), vad)
+                case.agent_said = agent_said
+                out[index].append(case)
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(prog="python -m bench.end_of_turn", description=__doc__)
+    p.add_argument("--model", choices=("smart_turn", "text"), default="smart_turn")
+    p.add_argument(
+        "--tune-on",
+        choices=("human", "conversation"),
+        default=None,
+        help="the tuning set (default: human for smart_turn, conversation for text)",
+    )
     p.add_argument("--after-ms", type=int, default=200, help="silence before the model is asked")
     p.add_argument("--incomplete-silence-ms", type=int, default=1200)
     p.add_argument("--json", type=Path, default=None, help="write the results here too")
@@ -390,21 +515,53 @@ def main(argv: list[str] | None = None) -> int:
     gate = config.vad.to_settings()
     base = config.turn.to_settings(model=False)
     vad = SileroVAD()
-    model = SmartTurn(config.turn.smart_turn.model_path)
-    scorer = Scorer(model)
+    scorer: Scorer
+    if args.model == "text":
+        text_turn = config.turn.text_turn
+        scorer = TextScorer(
+            TextEndOfTurn(text_turn.model_path, context_chars=text_turn.context_chars)
+        )
+    else:
+        scorer = AudioScorer(SmartTurn(config.turn.smart_turn.model_path))
+    text = isinstance(scorer, TextScorer)
+    tune_on = args.tune_on or ("conversation" if args.model == "text" else "human")
 
     log("loading speech and running the VAD")
-    tune_set, held_out = human_cases(vad)
+    human_tune, human_held_out = human_cases(vad)
+    conversation_tune, conversation_held_out, long_tune, long_held_out = conversational_cases(vad)
     piper = piper_cases(vad)
+    sets = {
+        "human_tune": human_tune,
+        "human_held_out": human_held_out,
+        "conversation_tune": conversation_tune,
+        "conversation_held_out": conversation_held_out,
+        "long_pause_tune": long_tune,
+        "long_pause_held_out": long_held_out,
+        "piper": piper,
+    }
+    tune_set = sets[f"{tune_on}_tune"]
+    held_out = sets[f"{tune_on}_held_out"]
+    if tune_on == "conversation":  # the long pauses' halves are tuned and held out with it
+        tune_set = tune_set + long_tune
     sample = held_out[0].audio if held_out else np.zeros(PIPELINE_RATE, np.float32)
     costs = sorted(scorer.cost_ms(sample))
     cost_p50 = statistics.median(costs)
-    latency_windows = math.ceil(cost_p50 / 1000 / WINDOW_S)
-    log(f"inference {cost_p50:.1f} ms (p50) -> answers {latency_windows} windows after the check")
 
-    log(f"recording pauses and scores: {len(tune_set)} + {len(held_out)} + {len(piper)} clips")
-    for case in (*tune_set, *held_out, *piper):
-        record(case, args.after_ms, gate, scorer)
+    log(f"recording pauses and scores: {sum(len(c) for c in sets.values())} clips")
+    for cases in sets.values():
+        for case in cases:
+            record(case, args.after_ms, gate, scorer)
+    answer_ms = cost_p50
+    stt_p50 = None
+    if isinstance(scorer, TextScorer) and scorer.stt_ms:
+        # the speculative transcription starts when the VAD hears the pause (offset
+        # windows after the speech end); what is left of it when the check comes delays
+        # the answer
+        stt_p50 = statistics.median(scorer.stt_ms)
+        paused_ms = gate.offset_windows * WINDOW_S * 1000
+        answer_ms += max(0.0, stt_p50 + paused_ms - args.after_ms)
+    latency_windows = math.ceil(answer_ms / 1000 / WINDOW_S)
+    log(f"inference {cost_p50:.1f} ms (p50) -> answers {latency_windows} windows after the check")
 
     def auc_of(cases: list[Case]) -> dict[str, Any]:
         done = [c.done for c in cases if c.done is not None]
@@ -427,14 +584,17 @@ def main(argv: list[str] | None = None) -> int:
         latency_windows,
         args.after_ms,
         args.incomplete_silence_ms,
+        (TEXT_COMPLETE_GRID, TEXT_INCOMPLETE_GRID) if text else (COMPLETE_GRID, INCOMPLETE_GRID),
     )
     with_model = replace(base, check=check)
-    sets = {"human_tune": tune_set, "human_held_out": held_out, "piper": piper}
     results: dict[str, Any] = {
+        "model": args.model,
+        "tuned_on": f"{tune_on}_tune",
         "inference_ms": {
             "p50": round(cost_p50, 1),
             "p90": round(costs[math.ceil(0.9 * len(costs)) - 1], 1),
             "runs": len(costs),
+            "stt_p50": None if stt_p50 is None else round(stt_p50, 1),
         },
         "latency_windows": latency_windows,
         "end_of_turn_silence_ms": base.end_of_turn_silence_ms,
@@ -454,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             "with_model": evaluate(cases, with_model, gate, scorer, latency_windows).summary(),
         }
     if tuned.clips:
-        results["sets"]["human_tune"]["with_model_at_tuning"] = tuned.summary()
+        results["sets"][f"{tune_on}_tune"]["with_model_at_tuning"] = tuned.summary()
     results["held_out_trade_off"] = {
         str(high): {
             name: evaluate(
@@ -464,13 +624,18 @@ def main(argv: list[str] | None = None) -> int:
                 scorer,
                 latency_windows,
             ).summary()
-            for name, cases in (("human", held_out), ("piper", piper))
+            for name, cases in (
+                ("human", human_held_out),
+                ("conversation", conversation_held_out),
+                ("long_pause", long_held_out),
+                ("piper", piper),
+            )
         }
-        for high in TRADE_OFF
+        for high in (TEXT_TRADE_OFF if text else TRADE_OFF)
         if high >= check.incomplete_threshold
     }
-    cuts = arbitrary_cuts(held_out, args.after_ms, scorer)
-    ends = [c.done for c in held_out if c.done is not None]
+    cuts = arbitrary_cuts(human_held_out, args.after_ms, scorer)
+    ends = [c.done for c in human_held_out if c.done is not None]
     value = auc(ends, cuts)
     results["human_held_out_arbitrary_cuts"] = {
         "auc": None if value is None else round(value, 3),
@@ -488,9 +653,12 @@ def print_summary(results: dict[str, Any]) -> None:
     """The figures, one set per block."""
     chosen = results["chosen"]
     cost = results["inference_ms"]
-    print(f"inference: {cost['p50']} ms p50, {cost['p90']} ms p90 (features + ONNX, 1 thread)")
+    what = "chat model on the transcript" if results["model"] == "text" else "features + ONNX"
+    print(f"inference: {cost['p50']} ms p50, {cost['p90']} ms p90 ({what}, 1 thread)")
+    if cost.get("stt_p50") is not None:
+        print(f"transcription of the utterance up to the pause: {cost['stt_p50']} ms p50")
     print(
-        f"chosen on human_tune: complete >= {chosen['complete_threshold']}, "
+        f"chosen on {results['tuned_on']}: complete >= {chosen['complete_threshold']}, "
         f"incomplete < {chosen['incomplete_threshold']} -> {chosen['incomplete_silence_ms']} ms; "
         f"asked at {chosen['check_after_ms']} ms; timer {results['end_of_turn_silence_ms']} ms"
     )

@@ -73,6 +73,8 @@ DIFFERS = (
     "Pipecat's TTS speaks whole sentences; Parley's chunker starts at a clause break",
     "Pipecat's Piper uses onnxruntime's default threads (no knob); Parley's uses tts.threads",
     "Pipecat's Smart Turn v3 (when on) uses its own thresholds; Parley's uses turn.smart_turn",
+    "Parley's text end-of-turn model (turn.end_of_turn_model: text) has no counterpart in "
+    "Pipecat's offline stack: Pipecat waits the silence timer",
     "Parley's system prompt may gain its tools' instructions; Pipecat's bot has no tools",
     "Pipecat loads Whisper and Piper per call (its documented pattern), before the SDP answer",
     "Parley warms its models and the LLM's system-prompt prefix at start-up; Pipecat's first "

@@ -186,7 +186,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--end-of-turn-model",
-        choices=("smart_turn", "none"),
+        choices=("text", "smart_turn", "none"),
         default=None,
         help="turn.end_of_turn_model of the served agent (default: the config's); run once "
         "with each, e.g. --scenarios turns --tag eot-on / --tag eot-off, to compare",

@@ -813,6 +813,30 @@ def _compare(doc: dict[str, Any], before: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _turn_taking(doc: dict[str, Any]) -> str:
+    """The turn-taking settings the figures were measured with (older results: none)."""
+    knobs = doc.get("config", {}).get("knobs") or {}
+    turn, barge = knobs.get("turn") or {}, knobs.get("interruption") or {}
+    if not turn:
+        return ""
+    model = turn.get("end_of_turn_model", "none")
+    check = {"text": turn.get("text_turn"), "smart_turn": turn.get("smart_turn")}.get(model)
+    if check:
+        eot = (
+            f"{model} model asked at {check['check_after_ms']} ms of silence (done >= "
+            f"{check['complete_threshold']}, unfinished < {check['incomplete_threshold']} -> "
+            f"{check['incomplete_silence_ms']} ms), else the "
+            f"{turn['end_of_turn_silence_ms']} ms timer"
+        )
+    else:
+        eot = f"the {turn['end_of_turn_silence_ms']} ms silence timer"
+    return (
+        f"Turn-taking: end of turn by {eot}; preemptive replies "
+        f"{'on' if turn.get('preemptive_reply') else 'off'}; barge-in onset hold "
+        f"{barge.get('min_speech_ms')} ms. "
+    )
+
+
 def _caller_voices(doc: dict[str, Any]) -> str:
     """The header's sentence on who spoke the caller's lines."""
     voices = ", ".join(doc["voices"])
@@ -865,6 +889,7 @@ def markdown(
         f"{m.get('loadavg_end')} at the end (other work shares this machine). Commit "
         f"`{doc['git']['commit'][:10]}`{' (dirty tree)' if doc['git']['dirty'] else ''}; agent "
         f"config {doc['config']['path']}, overrides {doc['config']['overrides'] or 'none'}. "
+        + _turn_taking(doc)
         + _caller_voices(doc),
         "",
         "## Figures",
