@@ -178,7 +178,7 @@ class TurnConfig(_Section):
     """Start the reply on the speculative transcript while the end of turn is pending,
     its audio and events held until the turn is confirmed (``agent.preemption``);
     needs ``speculative_stt``."""
-    end_of_turn_model: Literal["text", "smart_turn", "none"] = "text"
+    end_of_turn_model: Literal["text", "smart_turn", "none"] = "none"
     """A model that ends finished turns early and stretches the wait after unfinished
     ones: ``text`` reads the pause's speculative transcript (``agent.textturn``; needs
     ``speculative_stt``), ``smart_turn`` hears its audio (``agent.endofturn``);

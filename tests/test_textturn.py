@@ -21,6 +21,7 @@ from agent.llm import ChatMessage
 from agent.runtime import AgentModels
 from agent.session import VoiceSession
 from agent.textturn import TextEndOfTurn, normalize
+from agent.warmup import warm_up
 from media.frames import PIPELINE_RATE
 from tests.fakes import FakeSTT, FakeTTS, ScriptedLLM, fake_models, silence, tone
 from tests.speech import compose
@@ -307,3 +308,22 @@ async def test_real_model_keeps_a_pause_after_an_unfinished_phrase_inside_the_tu
     assert len(finals["none"]) == 2
     [whole] = finals["text"]
     assert {"order", "pizza"} <= words_of(whole)  # words of both halves in one turn
+
+
+async def test_the_configured_text_model_loads_warms_up_and_closes() -> None:
+    base = AgentConfig.load()
+    config = base.model_copy(
+        update={"turn": base.turn.model_copy(update={"end_of_turn_model": "text"})}
+    )
+    models = AgentModels.load(config)
+    try:
+        assert isinstance(models.end_of_turn, TextEndOfTurn)
+        assert models.end_of_turn_executor is not None
+        timings = await warm_up(models, config)
+        assert "end_of_turn" in timings
+        score = await models.end_of_turn_executor.run(
+            models.end_of_turn.score_text, "what is the capital of", ""
+        )
+        assert 0.0 <= score < config.turn.text_turn.incomplete_threshold
+    finally:
+        await models.aclose()
