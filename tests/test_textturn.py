@@ -177,6 +177,23 @@ def words_of(text: str) -> set[str]:
     return set(normalize_words(text).split())
 
 
+async def run_fake(
+    model: ScriptedTextTurn,
+    stt: FakeSTT,
+    pcm: np.ndarray[tuple[int], np.dtype[np.int16]],
+    history: list[ChatMessage] | None = None,
+) -> tuple[Events, list[float]]:
+    """A session with fakes and ``model`` fed ``pcm`` in lock-step; its events and the
+    stream times of its final transcripts."""
+    events = Events()
+    models = with_text_model(model, fake_models(stt=stt))
+    try:
+        async with VoiceSession(agent(), models, sinks=[events], history=history or []) as session:
+            return events, await turn_ends(session, events, pcm)
+    finally:
+        models.close()
+
+
 HISTORY = [
     ChatMessage("user", "hello"),
     ChatMessage("assistant", "Hi! Which city are you calling from?"),
@@ -186,14 +203,8 @@ HISTORY = [
 async def test_fake_reads_the_pause_transcript_after_the_agents_words() -> None:
     model = ScriptedTextTurn(0.9)
     stt = FakeSTT(["Calling from Leeds."], delay=0.05)
-    events = Events()
-    models = with_text_model(model, fake_models(stt=stt))
     pcm = np.concatenate([silence(0.3), tone(1.0), silence(1.5)])
-    try:
-        async with VoiceSession(agent(), models, sinks=[events], history=HISTORY) as session:
-            [ended] = await turn_ends(session, events, pcm)
-    finally:
-        models.close()
+    events, [ended] = await run_fake(model, stt, pcm, HISTORY)
     assert model.read == [("Calling from Leeds.", "Hi! Which city are you calling from?")]
     assert events.finals() == ["Calling from Leeds."]
     # asked at 200 ms of silence; a finished turn ends there, not at the 700 ms timer
@@ -202,15 +213,8 @@ async def test_fake_reads_the_pause_transcript_after_the_agents_words() -> None:
 
 async def test_fake_low_score_stretches_the_wait_past_the_timer() -> None:
     model = ScriptedTextTurn(0.001)
-    stt = FakeSTT(["I would like to"])
-    events = Events()
-    models = with_text_model(model, fake_models(stt=stt))
     pcm = np.concatenate([silence(0.3), tone(1.0), silence(1.8)])
-    try:
-        async with VoiceSession(agent(), models, sinks=[events]) as session:
-            [ended] = await turn_ends(session, events, pcm)
-    finally:
-        models.close()
+    events, [ended] = await run_fake(model, FakeSTT(["I would like to"]), pcm)
     assert len(model.read) == 1
     assert ended - events.speech_end() == pytest.approx(1.2, abs=0.08)
 
@@ -218,14 +222,7 @@ async def test_fake_low_score_stretches_the_wait_past_the_timer() -> None:
 async def test_fake_no_words_in_the_pause_leave_it_to_the_timer() -> None:
     model = ScriptedTextTurn(0.9)
     stt = FakeSTT([""])
-    events = Events()
-    models = with_text_model(model, fake_models(stt=stt))
-    pcm = np.concatenate([silence(0.3), tone(1.0), silence(1.5)])
-    try:
-        async with VoiceSession(agent(), models, sinks=[events]) as session:
-            await turn_ends(session, events, pcm)
-    finally:
-        models.close()
+    events, _ = await run_fake(model, stt, np.concatenate([silence(0.3), tone(1.0), silence(1.5)]))
     assert model.read == []  # never asked: nothing to read
     assert events.finals() == []  # a turn without words starts nothing
     assert [c.partial for c in stt.calls] == [False]  # the pause's transcript served the turn
