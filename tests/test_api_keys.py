@@ -113,7 +113,7 @@ def test_cli_creates_lists_and_revokes_keys(
     assert store_main(["keys", "list"]) == 0
     listing = capsys.readouterr().out
     assert "ops" in listing and "kiosk" in listing and "max_calls=2" in listing
-    assert key not in listing and kiosk not in listing and key.split("_")[2] not in listing
+    assert key not in listing and kiosk not in listing and key.split("_", 2)[2] not in listing
 
     key_id = key.split("_")[1]
     assert store_main(["keys", "revoke", key_id]) == 0
