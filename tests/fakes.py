@@ -16,15 +16,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.chunker import ChunkerSettings
 from agent.errors import ProviderError
 from agent.llm import ChatMessage, GenerationSettings, LLMDelta, TextDelta, ToolSpec
+from agent.reply import Reply as SpokenReply
+from agent.reply import ReplyPlan
 from agent.runtime import AgentModels
 from agent.session import VoiceSession
+from agent.speech import SpeechHandle
 from agent.stt import Transcript
-from agent.tts import SpeechChunk
+from agent.tts import TTS, SpeechChunk
+from agent.turnclock import TurnClock
 from agent.vad import WINDOW_SAMPLES
 from media.errors import AudioFormatError
 from media.frames import PCM, PIPELINE_RATE, AudioFrame, FloatPCM
+from media.playout import PlayoutBuffer
 
 # ---------------------------------------------------------------- audio helpers
 
@@ -454,4 +460,24 @@ def fake_models(
         stt=stt or FakeSTT(),
         llm=llm or ScriptedLLM(),
         tts=tts or FakeTTS(),
+    )
+
+
+def canned_reply(
+    playout: PlayoutBuffer, tts: TTS, text: str, turn_id: str, *, held: bool = False
+) -> SpokenReply:
+    """A ``Reply`` that speaks ``text`` with ``tts`` into ``playout`` (no LLM, no events);
+    the caller runs it (``reply.run()``) as its handle's task."""
+    return SpokenReply(
+        SpeechHandle(turn_id=turn_id, playout=playout),
+        ReplyPlan(canned=text),
+        TurnClock.now(),
+        llm=ScriptedLLM(),
+        tts=tts,
+        playout=playout,
+        generation=GenerationSettings(),
+        chunker=ChunkerSettings(),
+        emit=lambda event: None,
+        on_speaking=lambda handle: None,
+        held=held,
     )

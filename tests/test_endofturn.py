@@ -18,7 +18,7 @@ import dataclasses
 import importlib.util
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -27,7 +27,12 @@ import onnxruntime
 import pytest
 
 from agent.config import AgentConfig
-from agent.endofturn import EndOfTurnModel, SmartTurn, default_smart_turn_path
+from agent.endofturn import (
+    EndOfTurnModel,
+    SmartTurn,
+    TextEndOfTurnModel,
+    default_smart_turn_path,
+)
 from agent.errors import ConfigError, ModelLoadError
 from agent.events import AgentEvent, TranscriptEvent, VadEvent
 from agent.logmel import N_FRAMES, N_MELS, WINDOW_SAMPLES, log_mel
@@ -218,7 +223,9 @@ async def turn_ends(
     return times
 
 
-def with_model(model: EndOfTurnModel, models: AgentModels | None = None) -> AgentModels:
+def with_model(
+    model: EndOfTurnModel | TextEndOfTurnModel, models: AgentModels | None = None
+) -> AgentModels:
     """``models`` (fakes by default) with ``model`` as the end-of-turn model."""
     return dataclasses.replace(
         models or fake_models(), end_of_turn=model, end_of_turn_executor=None
@@ -282,15 +289,35 @@ async def test_fake_answer_that_comes_after_the_caller_resumed_is_ignored() -> N
 # ------------------------------------------------------------------ sessions, the real model
 
 
-@pytest.fixture(scope="module")
-def real_parts(models: AgentModels, smart_turn: SmartTurn) -> Iterator[AgentModels]:
-    """Silero VAD, Whisper and Smart Turn; a scripted LLM and a fake voice (not measured)."""
+def hearing_parts(
+    models: AgentModels, model: EndOfTurnModel | TextEndOfTurnModel
+) -> Iterator[AgentModels]:
+    """For a module fixture: the real Silero VAD and Whisper of ``models`` with ``model``
+    as the end-of-turn model; a scripted LLM and a fake voice (not measured)."""
     parts = AgentModels(vad=models.vad, stt=models.stt, llm=ScriptedLLM(["Sure."]), tts=FakeTTS())
-    parts = with_model(smart_turn, parts)
+    parts = with_model(model, parts)
     yield parts
     parts.vad_executor.shutdown()
     assert parts.end_of_turn_executor is not None
     parts.end_of_turn_executor.shutdown()
+
+
+async def heard_under(
+    parts: AgentModels, pcm: PCM, configs: Mapping[str, AgentConfig]
+) -> dict[str, tuple[Events, list[float]]]:
+    """``pcm`` fed to one session per config: each one's events and turn-end times."""
+    out = {}
+    for name, config in configs.items():
+        events = Events()
+        async with VoiceSession(config, parts, sinks=[events]) as session:
+            out[name] = (events, await turn_ends(session, events, pcm))
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_parts(models: AgentModels, smart_turn: SmartTurn) -> Iterator[AgentModels]:
+    """Silero VAD, Whisper and Smart Turn; a scripted LLM and a fake voice (not measured)."""
+    yield from hearing_parts(models, smart_turn)
 
 
 def words(text: str) -> set[str]:
@@ -302,11 +329,9 @@ async def test_real_model_ends_a_finished_question_sooner_than_the_timer(
     real_parts: AgentModels,
 ) -> None:
     pcm = compose(0.3, "What is the capital of France?", 1.5)
+    runs = await heard_under(real_parts, pcm, {m: agent(m) for m in ("smart_turn", "none")})
     delays = {}
-    for model in ("smart_turn", "none"):
-        events = Events()
-        async with VoiceSession(agent(model), real_parts, sinks=[events]) as session:
-            [ended] = await turn_ends(session, events, pcm)
+    for model, (events, [ended]) in runs.items():
         assert {"capital", "france"} <= words(events.finals()[0])
         delays[model] = ended - events.speech_end()
     assert delays["none"] >= 0.65
@@ -319,12 +344,8 @@ async def test_real_model_keeps_a_hesitation_pause_inside_the_turn(
 ) -> None:
     # a pause the 700 ms timer alone cuts: the model hears the "um" and waits longer
     pcm = compose(0.3, "My favourite colour is, um,", 0.75, "dark blue.", 2.0)
-    finals = {}
-    for model in ("smart_turn", "none"):
-        events = Events()
-        async with VoiceSession(agent(model), real_parts, sinks=[events]) as session:
-            await turn_ends(session, events, pcm)
-        finals[model] = events.finals()
+    runs = await heard_under(real_parts, pcm, {m: agent(m) for m in ("smart_turn", "none")})
+    finals = {model: events.finals() for model, (events, _) in runs.items()}
     assert len(finals["none"]) == 2
     [whole] = finals["smart_turn"]
     assert {"my", "blue"} <= words(whole)  # words of both halves in one turn

@@ -15,15 +15,11 @@ from collections.abc import AsyncGenerator, Iterator
 
 import pytest
 
-from agent.chunker import ChunkerSettings
-from agent.llm import GenerationSettings
 from agent.providers.piper import PiperTTS
-from agent.reply import Reply, ReplyPlan
-from agent.speech import SpeechHandle
+from agent.reply import Reply
 from agent.tts import SpeechChunk
-from agent.turnclock import TurnClock
 from media.playout import HELD_MS, PlayoutBuffer, heard_text
-from tests.fakes import ScriptedLLM
+from tests.fakes import canned_reply
 from tests.textnorm import normalize
 
 pytestmark = pytest.mark.slow
@@ -64,20 +60,7 @@ def piper() -> Iterator[PiperTTS]:
 
 
 def held_reply(playout: PlayoutBuffer, voice: CountingVoice) -> Reply:
-    handle = SpeechHandle(turn_id="turn_held", playout=playout)
-    return Reply(
-        handle,
-        ReplyPlan(canned=ANSWER),
-        TurnClock.now(),
-        llm=ScriptedLLM(),
-        tts=voice,
-        playout=playout,
-        generation=GenerationSettings(),
-        chunker=ChunkerSettings(),
-        emit=lambda event: None,
-        on_speaking=lambda handle: None,
-        held=True,
-    )
+    return canned_reply(playout, voice, ANSWER, "turn_held", held=True)
 
 
 async def stalled(voice: CountingVoice, quiet_s: float = 0.6, timeout_s: float = 30.0) -> None:

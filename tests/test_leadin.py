@@ -9,17 +9,12 @@ from collections.abc import AsyncGenerator, Iterator
 import numpy as np
 import pytest
 
-from agent.chunker import ChunkerSettings
-from agent.llm import GenerationSettings
 from agent.providers.piper import PiperTTS
-from agent.reply import Reply, ReplyPlan
-from agent.speech import SpeechHandle
 from agent.tts import SpeechChunk
-from agent.turnclock import TurnClock
 from media.frames import PCM, float_to_int16, rms_dbfs
 from media.leadin import LeadInSettings, LeadInTrimmer, fade_in
 from media.playout import PlayoutBuffer, SegmentPlayback
-from tests.fakes import ScriptedLLM
+from tests.fakes import canned_reply
 
 TEXTS = (
     "Paris is the capital of France.",
@@ -143,21 +138,10 @@ async def test_a_reply_trims_its_first_audio_only(piper: PiperTTS) -> None:
         await push(segment, pcm)
 
     playout.push = recording_push  # type: ignore[method-assign]
-    handle = SpeechHandle(turn_id="turn_lead_in", playout=playout)
-    reply = Reply(
-        handle,
-        ReplyPlan(canned="Water boils at one hundred degrees. Ice melts at zero."),
-        TurnClock.now(),
-        llm=ScriptedLLM(),
-        tts=voice,
-        playout=playout,
-        generation=GenerationSettings(),
-        chunker=ChunkerSettings(),
-        emit=lambda event: None,
-        on_speaking=lambda handle: None,
-    )
+    text = "Water boils at one hundred degrees. Ice melts at zero."
+    reply = canned_reply(playout, voice, text, "turn_lead_in")
     task = asyncio.create_task(reply.run())
-    handle.task = task
+    reply.handle.task = task
     while not task.done():  # play it out as fast as it comes
         playout.pull()
         await asyncio.sleep(0)

@@ -7,7 +7,6 @@ stream time at which its final transcript appeared.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +22,9 @@ from agent.session import VoiceSession
 from agent.textturn import TextEndOfTurn, normalize
 from agent.warmup import warm_up
 from media.frames import PIPELINE_RATE
-from tests.fakes import FakeSTT, FakeTTS, ScriptedLLM, fake_models, silence, tone
+from tests.fakes import FakeSTT, ScriptedLLM, fake_models, silence, tone
 from tests.speech import compose
-from tests.test_endofturn import Events, turn_ends
-from tests.textnorm import normalize as normalize_words
+from tests.test_endofturn import Events, heard_under, hearing_parts, turn_ends, with_model, words
 
 # what the caller has said at a pause inside the turn, and the whole turn
 PAIRS = (
@@ -65,10 +63,10 @@ def test_the_transcripts_punctuation_and_case_do_not_count(text_model: TextEndOf
 
 def test_a_transcript_heard_going_on_reads_unfinished(text_model: TextEndOfTurn) -> None:
     # Whisper ends a transcript with a comma or an ellipsis where the voice did not fall
-    for words in ("press one for sales", "I need milk", "my name is Anna"):
-        finished = text_model.score_text(words + ".")
+    for said in ("press one for sales", "I need milk", "my name is Anna"):
+        finished = text_model.score_text(said + ".")
         for going_on in (",", "...", " -", ";"):
-            assert text_model.score_text(words + going_on) < finished / 10, (words, going_on)
+            assert text_model.score_text(said + going_on) < finished / 10, (said, going_on)
 
 
 def test_no_words_score_zero(text_model: TextEndOfTurn) -> None:
@@ -165,18 +163,6 @@ def agent(model: str = "text", **text_turn: object) -> AgentConfig:
     )
 
 
-def with_text_model(model: object, models: AgentModels | None = None) -> AgentModels:
-    return dataclasses.replace(
-        models or fake_models(),
-        end_of_turn=model,  # type: ignore[arg-type]
-        end_of_turn_executor=None,
-    )
-
-
-def words_of(text: str) -> set[str]:
-    return set(normalize_words(text).split())
-
-
 async def run_fake(
     model: ScriptedTextTurn,
     stt: FakeSTT,
@@ -186,7 +172,7 @@ async def run_fake(
     """A session with fakes and ``model`` fed ``pcm`` in lock-step; its events and the
     stream times of its final transcripts."""
     events = Events()
-    models = with_text_model(model, fake_models(stt=stt))
+    models = with_model(model, fake_models(stt=stt))
     try:
         async with VoiceSession(agent(), models, sinks=[events], history=history or []) as session:
             return events, await turn_ends(session, events, pcm)
@@ -232,7 +218,7 @@ async def test_fake_answer_about_a_pause_that_is_over_is_ignored() -> None:
     model = ScriptedTextTurn(0.95)
     stt = FakeSTT(["what time do you open on saturday"])
     events = Events()
-    models = with_text_model(model, fake_models(stt=stt, llm=ScriptedLLM(["At nine."])))
+    models = with_model(model, fake_models(stt=stt, llm=ScriptedLLM(["At nine."])))
     try:
         async with VoiceSession(agent(), models, sinks=[events]) as session:
             model.gate.clear()  # the model is slow: it answers after the caller goes on
@@ -257,12 +243,7 @@ async def test_fake_answer_about_a_pause_that_is_over_is_ignored() -> None:
 @pytest.fixture(scope="module")
 def real_parts(models: AgentModels, text_model: TextEndOfTurn) -> Iterator[AgentModels]:
     """Silero VAD, Whisper and the text model; a scripted LLM and a fake voice."""
-    parts = AgentModels(vad=models.vad, stt=models.stt, llm=ScriptedLLM(["Sure."]), tts=FakeTTS())
-    parts = with_text_model(text_model, parts)
-    yield parts
-    parts.vad_executor.shutdown()
-    assert parts.end_of_turn_executor is not None
-    parts.end_of_turn_executor.shutdown()
+    yield from hearing_parts(models, text_model)
 
 
 def real_agent(model: str) -> AgentConfig:
@@ -279,12 +260,10 @@ async def test_real_model_ends_a_finished_request_sooner_than_the_timer(
     real_parts: AgentModels,
 ) -> None:
     pcm = compose(0.3, "Could you book a table for two people tonight?", 1.5)
+    runs = await heard_under(real_parts, pcm, {m: real_agent(m) for m in ("text", "none")})
     delays = {}
-    for model in ("text", "none"):
-        events = Events()
-        async with VoiceSession(real_agent(model), real_parts, sinks=[events]) as session:
-            [ended] = await turn_ends(session, events, pcm)
-        assert {"table", "tonight"} <= words_of(events.finals()[0])
+    for model, (events, [ended]) in runs.items():
+        assert {"table", "tonight"} <= words(events.finals()[0])
         delays[model] = ended - events.speech_end()
     assert delays["none"] >= 0.65
     assert delays["text"] <= delays["none"] - 0.3
@@ -296,15 +275,11 @@ async def test_real_model_keeps_a_pause_after_an_unfinished_phrase_inside_the_tu
 ) -> None:
     # a pause the 700 ms timer alone cuts: the words so far read unfinished
     pcm = compose(0.3, "I would like to order", 0.8, "a large pizza with mushrooms.", 2.0)
-    finals = {}
-    for model in ("text", "none"):
-        events = Events()
-        async with VoiceSession(real_agent(model), real_parts, sinks=[events]) as session:
-            await turn_ends(session, events, pcm)
-        finals[model] = events.finals()
+    runs = await heard_under(real_parts, pcm, {m: real_agent(m) for m in ("text", "none")})
+    finals = {model: events.finals() for model, (events, _) in runs.items()}
     assert len(finals["none"]) == 2
     [whole] = finals["text"]
-    assert {"order", "pizza"} <= words_of(whole)  # words of both halves in one turn
+    assert {"order", "pizza"} <= words(whole)  # words of both halves in one turn
 
 
 async def test_the_configured_text_model_loads_warms_up_and_closes() -> None:
