@@ -607,8 +607,16 @@ def main(argv: list[str] | None = None) -> int:
         "sets": {},
     }
     for name, cases in sets.items():
+        done = [c.done for c in cases if c.done is not None]
         results["sets"][name] = {
             **auc_of(cases),
+            # finished turns the chosen threshold ends at the check, and those it stretches
+            "done_ended_at_check": round(
+                sum(d >= check.complete_threshold for d in done) / len(done), 3
+            )
+            if done
+            else None,
+            "done_stretched": sum(d < check.incomplete_threshold for d in done),
             "internal_pauses_ms": sorted(round(p) for c in cases for p in c.pauses_ms),
             "without_model": evaluate(cases, base, gate, scorer, latency_windows).summary(),
             "with_model": evaluate(cases, with_model, gate, scorer, latency_windows).summary(),
@@ -671,7 +679,9 @@ def print_summary(results: dict[str, Any]) -> None:
         print(
             f"\n{name}: AUC {data['auc']} (done {data['done_checks']}, "
             f"not done {data['not_done_checks']}; median scores "
-            f"{data['done_score_median']} / {data['not_done_score_median']})"
+            f"{data['done_score_median']} / {data['not_done_score_median']}; finished turns "
+            f"ended at the check {data['done_ended_at_check']}, stretched "
+            f"{data['done_stretched']})"
         )
         for label in ("without_model", "with_model"):
             s = data[label]
